@@ -1,0 +1,331 @@
+//! Service configuration: built-in defaults, then a TOML file, then `SYSMOS_NOTIFY__…`
+//! environment variables, then validation that names the offending key (CONTRACT §1).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+const ENV_PREFIX: &str = "SYSMOS_NOTIFY";
+
+/// librdkafka properties the service sets itself; overriding them would break
+/// at-least-once delivery or the group layout, so `kafka.client` may not name them.
+const MANAGED_CLIENT_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+];
+
+/// Why a configuration was refused. Printed as is; the process exits with status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn key(key: &str, reason: impl std::fmt::Display) -> Self {
+        Self(format!("`{key}`: {reason}"))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub retry: RetrySettings,
+    pub delivery: DeliverySettings,
+    pub http: HttpSettings,
+    pub dashboard: DashboardSettings,
+    pub channels: ChannelSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub event_topics: Vec<String>,
+    pub topic_prefix: String,
+    pub partitions: i32,
+    /// librdkafka properties passed through verbatim, flattened to dotted names.
+    #[serde(default, deserialize_with = "client_properties")]
+    pub client: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(deserialize_with = "durations")]
+    pub delays: Vec<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    pub allow_private_targets: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardSettings {
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    pub slack: SlackSettings,
+    pub pagerduty: PagerDutySettings,
+    pub email: EmailSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSettings {
+    pub api_base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutySettings {
+    pub events_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    pub smtp_url: String,
+    pub from: String,
+}
+
+impl Settings {
+    /// Defaults, then `file` when given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("kafka.event_topics")
+                .with_list_parse_key("retry.delays")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let merged = builder
+            .build()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::key(&path, e.into_inner())
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot: ranges, syntax of URLs, regexes and addresses.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        non_empty("kafka.brokers", &k.brokers)?;
+        non_empty("kafka.group_id", &k.group_id)?;
+        if k.event_topics.is_empty() {
+            return Err(ConfigError::key("kafka.event_topics", "at least one topic or regex is required"));
+        }
+        for (i, topic) in k.event_topics.iter().enumerate() {
+            let key = format!("kafka.event_topics[{i}]");
+            if topic.starts_with('^') {
+                regex::Regex::new(topic).map_err(|e| ConfigError::key(&key, format!("invalid regex: {e}")))?;
+            } else {
+                topic_name(&key, topic)?;
+            }
+        }
+        topic_name("kafka.topic_prefix", &k.topic_prefix)?;
+        if k.partitions < 1 {
+            return Err(ConfigError::key("kafka.partitions", "must be at least 1"));
+        }
+        for (name, value) in &k.client {
+            if MANAGED_CLIENT_KEYS.contains(&name.as_str()) {
+                return Err(ConfigError::key(
+                    &format!("kafka.client.\"{name}\""),
+                    "is set by sysmos-notify itself and cannot be overridden (see kafka.brokers / kafka.group_id)",
+                ));
+            }
+            if value.is_empty() {
+                return Err(ConfigError::key(&format!("kafka.client.\"{name}\""), "must not be empty"));
+            }
+        }
+        for (i, d) in self.retry.delays.iter().enumerate() {
+            if d.is_zero() {
+                return Err(ConfigError::key(&format!("retry.delays[{i}]"), "must be greater than zero"));
+            }
+        }
+        if self.delivery.timeout.is_zero() {
+            return Err(ConfigError::key("delivery.timeout", "must be greater than zero"));
+        }
+        if self.delivery.max_in_flight == 0 {
+            return Err(ConfigError::key("delivery.max_in_flight", "must be at least 1"));
+        }
+        http_url("dashboard.base_url", &self.dashboard.base_url)?;
+        http_url("channels.slack.api_base_url", &self.channels.slack.api_base_url)?;
+        http_url("channels.pagerduty.events_url", &self.channels.pagerduty.events_url)?;
+        let smtp = reqwest::Url::parse(&self.channels.email.smtp_url)
+            .map_err(|e| ConfigError::key("channels.email.smtp_url", e))?;
+        if !matches!(smtp.scheme(), "smtp" | "smtps") {
+            return Err(ConfigError::key("channels.email.smtp_url", "scheme must be smtp:// or smtps://"));
+        }
+        self.channels
+            .email
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| ConfigError::key("channels.email.from", format!("not a mailbox: {e}")))?;
+        Ok(())
+    }
+
+    /// The dashboard URL without a trailing slash, ready for `/monitors/{id}`.
+    pub fn dashboard_base(&self) -> &str {
+        self.dashboard.base_url.trim_end_matches('/')
+    }
+}
+
+fn non_empty(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::key(key, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn topic_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 200
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !valid {
+        return Err(ConfigError::key(key, format!("`{name}` is not a valid Kafka topic name (letters, digits, '.', '_', '-')")));
+    }
+    Ok(())
+}
+
+fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(value).map_err(|e| ConfigError::key(key, e))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::key(key, "must be an http:// or https:// URL"));
+    }
+    Ok(())
+}
+
+/// Parses `"500ms"`, `"15s"`, `"1m"`, `"2h"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit; write e.g. \"15s\", \"1m\" or \"500ms\""))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like \"15s\", \"1m\" or \"500ms\""))?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("`{text}` has unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|t| parse_duration(t).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// A librdkafka property value as TOML or the environment may spell it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ClientValue {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Table(BTreeMap<String, ClientValue>),
+}
+
+/// Flattens `kafka.client` to dotted librdkafka names. Unquoted dotted TOML keys arrive as
+/// nested tables, and environment variables cannot hold dots, so `_` also maps to `.`
+/// (no librdkafka property contains an underscore).
+fn client_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    fn flatten(prefix: &str, table: BTreeMap<String, ClientValue>, out: &mut BTreeMap<String, String>) {
+        for (key, value) in table {
+            let key = key.replace('_', ".");
+            let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+            match value {
+                ClientValue::Text(s) => {
+                    out.insert(name, s);
+                }
+                ClientValue::Int(i) => {
+                    out.insert(name, i.to_string());
+                }
+                ClientValue::Float(f) => {
+                    out.insert(name, f.to_string());
+                }
+                ClientValue::Bool(b) => {
+                    out.insert(name, b.to_string());
+                }
+                ClientValue::Table(t) => flatten(&name, t, out),
+            }
+        }
+    }
+    let table = BTreeMap::<String, ClientValue>::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    flatten("", table, &mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+//! The topics this service owns (CONTRACT §2), and their creation when missing.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Settings;
+
+/// Dead letters and rejected events wait for an operator: keep them 30 days.
+const LONG_RETENTION_MS: &str = "2592000000";
+
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub config: String,
+    pub deliveries: String,
+    /// `retry[k - 1]` is `P.retry.k`.
+    pub retry: Vec<String>,
+    pub dlq: String,
+    pub rejected: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, tiers: usize) -> Self {
+        Self {
+            config: format!("{prefix}.config"),
+            deliveries: format!("{prefix}.deliveries"),
+            retry: (1..=tiers).map(|k| format!("{prefix}.retry.{k}")).collect(),
+            dlq: format!("{prefix}.dlq"),
+            rejected: format!("{prefix}.rejected"),
+        }
+    }
+
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self::new(&settings.kafka.topic_prefix, settings.retry.delays.len())
+    }
+
+    /// The tier a delivery topic holds: 0 for `P.deliveries`, k for `P.retry.k`.
+    pub fn tier_of(&self, topic: &str) -> Option<usize> {
+        if topic == self.deliveries {
+            return Some(0);
+        }
+        self.retry.iter().position(|t| t == topic).map(|i| i + 1)
+    }
+
+    /// The topic of tier `k` (0 = first attempt).
+    pub fn tier_topic(&self, tier: usize) -> &str {
+        if tier == 0 {
+            &self.deliveries
+        } else {
+            &self.retry[tier - 1]
+        }
+    }
+
+    /// Every topic a deliverer consumes.
+    pub fn delivery_topics(&self) -> Vec<&str> {
+        std::iter::once(self.deliveries.as_str())
+            .chain(self.retry.iter().map(String::as_str))
+            .collect()
+    }
+}
+
+/// Creates the service's topics that do not exist yet; existing ones are left as they are.
+pub async fn ensure(admin: &AdminClient<DefaultClientContext>, topics: &Topics, partitions: i32) -> anyhow::Result<()> {
+    let mut wanted = vec![
+        NewTopic::new(&topics.config, partitions, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact"),
+        NewTopic::new(&topics.deliveries, partitions, TopicReplication::Fixed(-1)),
+        NewTopic::new(&topics.dlq, partitions, TopicReplication::Fixed(-1))
+            .set("retention.ms", LONG_RETENTION_MS),
+        NewTopic::new(&topics.rejected, partitions, TopicReplication::Fixed(-1))
+            .set("retention.ms", LONG_RETENTION_MS),
+    ];
+    for name in &topics.retry {
+        wanted.push(NewTopic::new(name, partitions, TopicReplication::Fixed(-1)));
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin.create_topics(wanted.iter(), &options).await?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_tiers() {
+        let t = Topics::new("sysmos.notify", 3);
+        assert_eq!(t.config, "sysmos.notify.config");
+        assert_eq!(t.retry, ["sysmos.notify.retry.1", "sysmos.notify.retry.2", "sysmos.notify.retry.3"]);
+        assert_eq!(t.tier_of("sysmos.notify.deliveries"), Some(0));
+        assert_eq!(t.tier_of("sysmos.notify.retry.3"), Some(3));
+        assert_eq!(t.tier_of("sysmos.notify.dlq"), None);
+        assert_eq!(t.tier_topic(2), "sysmos.notify.retry.2");
+        assert_eq!(t.delivery_topics().len(), 4);
+    }
+}

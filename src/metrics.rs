@@ -1,0 +1,192 @@
+//! The Prometheus surface of CONTRACT §7, typed: one method per thing that happens, so no
+//! metric name or label string appears at a call site.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub const CHANNELS: [&str; 5] = ["webhook", "slack", "discord", "email", "pagerduty"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    Routed,
+    NoRoute,
+    Rejected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    Retried,
+    DeadLettered,
+    /// The channel was removed or disabled before the attempt: nothing sent.
+    Dropped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigOutcome {
+    Applied,
+    Stale,
+    Removed,
+    Invalid,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    events: IntCounterVec,
+    deliveries: IntCounterVec,
+    duration: HistogramVec,
+    lag: IntGaugeVec,
+    accounts: IntGauge,
+    config_records: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let events = IntCounterVec::new(
+            Opts::new("sysmos_notify_events_total", "Events read from the event topics, by outcome."),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let deliveries = IntCounterVec::new(
+            Opts::new("sysmos_notify_deliveries_total", "Delivery attempts' results, by channel type and outcome."),
+            &["channel", "outcome"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sysmos_notify_delivery_duration_seconds",
+                "Time of one request to a provider, by channel type.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["channel"],
+        )
+        .expect("valid metric");
+        let lag = IntGaugeVec::new(
+            Opts::new("sysmos_notify_consumer_lag", "Messages not yet consumed, per assigned partition."),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        let accounts = IntGauge::new("sysmos_notify_config_accounts", "Accounts in the settings cache.")
+            .expect("valid metric");
+        let config_records = IntCounterVec::new(
+            Opts::new("sysmos_notify_config_records_total", "Settings records read from the config topic, by outcome."),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(deliveries.clone()),
+            Box::new(duration.clone()),
+            Box::new(lag.clone()),
+            Box::new(accounts.clone()),
+            Box::new(config_records.clone()),
+        ] {
+            registry.register(collector).expect("metric registered once");
+        }
+        // Every series exists from the start, so rates and alerts work before the first event.
+        for outcome in ["routed", "no_route", "rejected"] {
+            events.with_label_values(&[outcome]);
+        }
+        for channel in CHANNELS {
+            for outcome in ["delivered", "retried", "dead_lettered", "dropped"] {
+                deliveries.with_label_values(&[channel, outcome]);
+            }
+        }
+        for outcome in ["applied", "stale", "removed", "invalid"] {
+            config_records.with_label_values(&[outcome]);
+        }
+        Self { registry, events, deliveries, duration, lag, accounts, config_records }
+    }
+
+    pub fn event(&self, outcome: EventOutcome) {
+        let label = match outcome {
+            EventOutcome::Routed => "routed",
+            EventOutcome::NoRoute => "no_route",
+            EventOutcome::Rejected => "rejected",
+        };
+        self.events.with_label_values(&[label]).inc();
+    }
+
+    pub fn delivery(&self, channel: &str, outcome: DeliveryOutcome) {
+        let label = match outcome {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Retried => "retried",
+            DeliveryOutcome::DeadLettered => "dead_lettered",
+            DeliveryOutcome::Dropped => "dropped",
+        };
+        self.deliveries.with_label_values(&[channel, label]).inc();
+    }
+
+    pub fn request_duration(&self, channel: &str, seconds: f64) {
+        self.duration.with_label_values(&[channel]).observe(seconds);
+    }
+
+    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.lag.with_label_values(&[topic, &partition.to_string()]).set(lag);
+    }
+
+    /// A partition is no longer assigned here: its lag is another instance's to report.
+    pub fn forget_lag(&self, topic: &str, partition: i32) {
+        let _ = self.lag.remove_label_values(&[topic, &partition.to_string()]);
+    }
+
+    pub fn config_record(&self, outcome: ConfigOutcome) {
+        let label = match outcome {
+            ConfigOutcome::Applied => "applied",
+            ConfigOutcome::Stale => "stale",
+            ConfigOutcome::Removed => "removed",
+            ConfigOutcome::Invalid => "invalid",
+        };
+        self.config_records.with_label_values(&[label]).inc();
+    }
+
+    pub fn accounts(&self, count: usize) {
+        self.accounts.set(count as i64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_contract_names() {
+        let m = Metrics::new();
+        m.event(EventOutcome::Routed);
+        m.delivery("webhook", DeliveryOutcome::Delivered);
+        m.request_duration("webhook", 0.02);
+        m.consumer_lag("monitor.alerts", 3, 12);
+        m.accounts(2);
+        let text = m.render();
+        for line in [
+            "sysmos_notify_events_total{outcome=\"routed\"} 1",
+            "sysmos_notify_events_total{outcome=\"rejected\"} 0",
+            "sysmos_notify_deliveries_total{channel=\"webhook\",outcome=\"delivered\"} 1",
+            "sysmos_notify_delivery_duration_seconds_count{channel=\"webhook\"} 1",
+            "sysmos_notify_consumer_lag{partition=\"3\",topic=\"monitor.alerts\"} 12",
+            "sysmos_notify_config_accounts 2",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        m.forget_lag("monitor.alerts", 3);
+        assert!(!m.render().contains("monitor.alerts"));
+    }
+}

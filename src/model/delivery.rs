@@ -1,0 +1,125 @@
+//! Delivery records travel `P.deliveries` → `P.retry.k` → `P.dlq`. They name the channel by
+//! (account id, channel id) and carry no secret: the channel's settings are read at send time.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::event::{Event, Severity};
+use super::settings::Channel;
+
+/// One (event, channel) pair on its way to a provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// Stable across retries and re-reads of the same event (see [`delivery_id`]); sent as
+    /// `webhook-id`, so receivers can drop the rare duplicate.
+    pub delivery_id: String,
+    pub account_id: String,
+    pub channel_id: String,
+    /// The channel's type when the delivery was created (`webhook`, `slack`, ...).
+    pub channel_type: String,
+    pub event_type: String,
+    pub event_id: String,
+    pub severity: Severity,
+    pub created_at: DateTime<Utc>,
+    /// A retry tier does not attempt the delivery before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Every attempt made so far, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    /// The event as received, unknown fields included.
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Delivered,
+    /// A failure that may pass: the delivery goes to the next tier (or the DLQ after the last).
+    Retryable,
+    /// A failure that will not pass: the delivery goes to the DLQ at once.
+    Permanent,
+}
+
+/// The outcome of one request to a provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub outcome: AttemptOutcome,
+    /// HTTP status or SMTP reply code, when the provider answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What `P.dlq` holds: the delivery with every attempt, and why it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub reason: String,
+    pub dead_lettered_at: DateTime<Utc>,
+    pub delivery: DeliveryRecord,
+}
+
+impl DeliveryRecord {
+    pub fn new(event: &Event, channel: &Channel, now: DateTime<Utc>) -> Self {
+        Self {
+            delivery_id: delivery_id(event.account_id(), event.event_id(), &channel.id),
+            account_id: event.account_id().to_owned(),
+            channel_id: channel.id.clone(),
+            channel_type: channel.kind.name().to_owned(),
+            event_type: event.kind().to_owned(),
+            event_id: event.event_id().to_owned(),
+            severity: event.severity(),
+            created_at: now,
+            not_before: None,
+            attempts: Vec::new(),
+            event: event.clone(),
+        }
+    }
+
+    /// The Kafka key of delivery, retry and DLQ records: all deliveries of one channel share
+    /// a partition, so one account's channel sees its alerts in order.
+    pub fn key(&self) -> String {
+        delivery_key(&self.account_id, &self.channel_id)
+    }
+
+    /// The number the next attempt will carry (1 for the first).
+    pub fn next_attempt(&self) -> u32 {
+        self.attempts.len() as u32 + 1
+    }
+}
+
+pub fn delivery_key(account_id: &str, channel_id: &str) -> String {
+    format!("{account_id}:{channel_id}")
+}
+
+/// Derived from the event id (unique upstream) and the channel, not random: if the router
+/// re-reads an event after a crash, the repeated delivery carries the same id.
+pub fn delivery_id(account_id: &str, event_id: &str, channel_id: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [account_id, event_id, channel_id] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = delivery_id("acc", "evt_1", "hook");
+        assert_eq!(a, delivery_id("acc", "evt_1", "hook"));
+        assert_ne!(a, delivery_id("acc", "evt_1", "hook2"));
+        assert_ne!(delivery_id("ac", "cevt_1", "hook"), delivery_id("acc", "evt_1", "hook"));
+        assert!(a.starts_with("msg_") && a.len() == 36);
+    }
+}

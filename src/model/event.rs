@@ -1,0 +1,285 @@
+//! Alert events produced upstream (CONTRACT §3): validation into a typed view that keeps
+//! every field of the original JSON, in order, so unknown fields are passed on untouched.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Larger events are rejected unread: an alert is small, a megabyte is a mistake or an attack.
+pub const MAX_EVENT_BYTES: usize = 1_000_000;
+
+/// How bad an alert is; ordered so `min_severity` filters compare directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "info" => Some(Severity::Info),
+            "warning" => Some(Severity::Warning),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// A validated event. `raw` is the event exactly as received (field order preserved).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Map<String, Value>", into = "Map<String, Value>")]
+pub struct Event {
+    raw: Map<String, Value>,
+}
+
+impl Event {
+    /// Decodes and validates an event's bytes; the error is the reason it is rejected.
+    pub fn decode(payload: Option<&[u8]>) -> Result<Self, String> {
+        let bytes = payload.unwrap_or_default();
+        if bytes.is_empty() {
+            return Err("empty payload: an event must be a JSON object".into());
+        }
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(format!(
+                "event of {} bytes is larger than the limit of {MAX_EVENT_BYTES} bytes",
+                bytes.len()
+            ));
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+        match value {
+            Value::Object(raw) => Self::try_from(raw),
+            _ => Err("not a JSON object".into()),
+        }
+    }
+
+    /// The event type, e.g. `monitor.down`.
+    pub fn kind(&self) -> &str {
+        self.str_field("event")
+    }
+
+    pub fn event_id(&self) -> &str {
+        self.str_field("event_id")
+    }
+
+    pub fn account_id(&self) -> &str {
+        self.str_field("account_id")
+    }
+
+    /// The key of the product object: `monitor`, `server`, or a future product's name.
+    pub fn product_key(&self) -> &str {
+        product_key(self.kind())
+    }
+
+    /// The product object (`monitor`, `server`, ...).
+    pub fn product(&self) -> &Map<String, Value> {
+        self.raw[self.product_key()].as_object().expect("validated")
+    }
+
+    /// The id of the monitor or server the event is about.
+    pub fn resource_id(&self) -> &str {
+        self.product()["id"].as_str().expect("validated")
+    }
+
+    pub fn alert(&self) -> &Map<String, Value> {
+        self.raw["alert"].as_object().expect("validated")
+    }
+
+    pub fn raw(&self) -> &Map<String, Value> {
+        &self.raw
+    }
+
+    /// Severity per the table of CONTRACT §3; unknown types use `alert.severity`, else warning.
+    pub fn severity(&self) -> Severity {
+        let alert = self.alert();
+        let given = alert.get("severity").and_then(Value::as_str).and_then(Severity::parse);
+        match self.kind() {
+            "monitor.down" | "server.offline" => Severity::Critical,
+            "monitor.degraded" => Severity::Warning,
+            "monitor.recovered" | "server.recovered" => Severity::Info,
+            "monitor.ssl_expiring" => match alert.get("days_remaining").and_then(Value::as_f64) {
+                Some(days) if days <= 3.0 => Severity::Critical,
+                _ => Severity::Warning,
+            },
+            _ => given.unwrap_or(Severity::Warning),
+        }
+    }
+
+    /// Recoveries resolve incidents instead of opening them.
+    pub fn is_recovery(&self) -> bool {
+        self.kind().ends_with(".recovered")
+    }
+
+    /// The webhook body of the product page: `{"event", "<product>", "alert"}`, nothing else.
+    pub fn webhook_body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("event".into(), Value::String(self.kind().to_owned()));
+        body.insert(self.product_key().to_owned(), Value::Object(self.product().clone()));
+        body.insert("alert".into(), Value::Object(self.alert().clone()));
+        Value::Object(body)
+    }
+
+    fn str_field(&self, name: &str) -> &str {
+        self.raw[name].as_str().expect("validated")
+    }
+}
+
+fn product_key(kind: &str) -> &str {
+    kind.split('.').next().unwrap_or(kind)
+}
+
+impl TryFrom<Map<String, Value>> for Event {
+    type Error = String;
+
+    fn try_from(raw: Map<String, Value>) -> Result<Self, String> {
+        for field in ["event", "event_id", "account_id", "occurred_at"] {
+            match raw.get(field) {
+                None | Some(Value::Null) => return Err(format!("missing required field `{field}`")),
+                Some(Value::String(s)) if s.trim().is_empty() => {
+                    return Err(format!("field `{field}` must not be empty"))
+                }
+                Some(Value::String(_)) => {}
+                Some(_) => return Err(format!("field `{field}` must be a string")),
+            }
+        }
+        let kind = raw["event"].as_str().unwrap_or_default();
+        let mut parts = kind.splitn(2, '.');
+        let (product, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        if product.is_empty() || name.is_empty() {
+            return Err(format!("field `event` must look like `product.name`, got `{kind}`"));
+        }
+        let occurred_at = raw["occurred_at"].as_str().unwrap_or_default();
+        DateTime::parse_from_rfc3339(occurred_at)
+            .map_err(|e| format!("field `occurred_at` is not an RFC 3339 time: {e}"))?;
+        let object = match raw.get(product) {
+            Some(Value::Object(o)) => o,
+            None | Some(Value::Null) => return Err(format!("missing required field `{product}`")),
+            Some(_) => return Err(format!("field `{product}` must be an object")),
+        };
+        let mut required = vec!["id"];
+        if matches!(product, "monitor" | "server") {
+            required.push("name");
+        }
+        for field in required {
+            match object.get(field) {
+                Some(Value::String(s)) if !s.is_empty() => {}
+                Some(_) => return Err(format!("field `{product}.{field}` must be a non-empty string")),
+                None => return Err(format!("missing required field `{product}.{field}`")),
+            }
+        }
+        match raw.get("alert") {
+            Some(Value::Object(_)) => {}
+            None | Some(Value::Null) => return Err("missing required field `alert`".into()),
+            Some(_) => return Err("field `alert` must be an object".into()),
+        }
+        Ok(Event { raw })
+    }
+}
+
+impl From<Event> for Map<String, Value> {
+    fn from(event: Event) -> Self {
+        event.raw
+    }
+}
+
+/// Seconds since the epoch of the event's `occurred_at`.
+pub fn occurred_at(event: &Event) -> DateTime<Utc> {
+    event.raw["occurred_at"]
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .expect("validated")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(v: Value) -> Result<Event, String> {
+        Event::decode(Some(v.to_string().as_bytes()))
+    }
+
+    fn seed() -> Value {
+        json!({"event":"monitor.down","event_id":"evt_01HZX3","account_id":"acc_42",
+            "occurred_at":"2025-01-15T10:30:00Z",
+            "monitor":{"id":"mon_abc123","name":"Production API","url":"https://api.example.com/health"},
+            "alert":{"status":"down","region":"us-east-1","response_time_ms":5023,"status_code":503,
+                     "triggered_at":"2025-01-15T10:30:00Z"}})
+    }
+
+    #[test]
+    fn seed_event_gives_the_product_page_body_in_order() {
+        let event = decode(seed()).unwrap();
+        assert_eq!(event.severity(), Severity::Critical);
+        assert_eq!(event.resource_id(), "mon_abc123");
+        let body = serde_json::to_string(&event.webhook_body()).unwrap();
+        assert_eq!(
+            body,
+            r#"{"event":"monitor.down","monitor":{"id":"mon_abc123","name":"Production API","url":"https://api.example.com/health"},"alert":{"status":"down","region":"us-east-1","response_time_ms":5023,"status_code":503,"triggered_at":"2025-01-15T10:30:00Z"}}"#
+        );
+    }
+
+    #[test]
+    fn rejects_with_a_reason() {
+        assert!(Event::decode(None).unwrap_err().contains("empty"));
+        assert!(Event::decode(Some(b"\xff\x00binary")).unwrap_err().contains("not valid JSON"));
+        assert!(Event::decode(Some(b"[1]")).unwrap_err().contains("not a JSON object"));
+        for field in ["event", "event_id", "account_id", "occurred_at", "monitor", "alert"] {
+            let mut v = seed();
+            v.as_object_mut().unwrap().remove(field);
+            let err = decode(v).unwrap_err();
+            assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+        let mut v = seed();
+        v["monitor"].as_object_mut().unwrap().remove("id");
+        assert!(decode(v).unwrap_err().contains("monitor.id"));
+        let mut v = seed();
+        v["occurred_at"] = json!("yesterday");
+        assert!(decode(v).unwrap_err().contains("RFC 3339"));
+        let big = vec![b' '; MAX_EVENT_BYTES + 1];
+        assert!(Event::decode(Some(&big)).unwrap_err().contains("larger than"));
+    }
+
+    #[test]
+    fn severities_follow_the_contract_table() {
+        let cases = [
+            ("monitor.degraded", json!({}), Severity::Warning),
+            ("monitor.recovered", json!({}), Severity::Info),
+            ("monitor.ssl_expiring", json!({"days_remaining": 10}), Severity::Warning),
+            ("monitor.ssl_expiring", json!({"days_remaining": 3}), Severity::Critical),
+            ("server.anomaly", json!({"severity": "critical"}), Severity::Critical),
+            ("server.anomaly", json!({}), Severity::Warning),
+            ("server.offline", json!({}), Severity::Critical),
+            ("server.recovered", json!({"condition": "offline"}), Severity::Info),
+            ("cron.missed", json!({"severity": "info"}), Severity::Info),
+            ("cron.missed", json!({}), Severity::Warning),
+        ];
+        for (kind, alert, expected) in cases {
+            let product = kind.split('.').next().unwrap();
+            let v = json!({"event": kind, "event_id": "e", "account_id": "a",
+                "occurred_at": "2025-01-15T10:30:00Z", product: {"id": "x", "name": "n"}, "alert": alert});
+            assert_eq!(decode(v).unwrap().severity(), expected, "{kind}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_kept() {
+        let mut v = seed();
+        v["trace"] = json!({"x": 1});
+        v["alert"]["extra"] = json!(true);
+        let event = decode(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&event).unwrap(), v);
+        assert_eq!(event.webhook_body()["alert"]["extra"], json!(true));
+    }
+}

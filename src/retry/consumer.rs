@@ -1,0 +1,196 @@
+//! The deliverer loop: consumes `P.deliveries` and every `P.retry.k` in one consumer group,
+//! attempts deliveries concurrently, and writes each outcome (next tier or DLQ) before the
+//! offset is stored. A retry tier holds a delivery that is not yet due by pausing only its
+//! partition, so other partitions and topics keep flowing while it waits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, TopicPartitionList};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{next_step, Step};
+use crate::delivery::{Channels, Outcome};
+use crate::kafka::context::{begin, finish, GroupConsumer};
+use crate::kafka::offsets::Position;
+use crate::kafka::producer::{OutRecord, Output};
+use crate::kafka::topics::Topics;
+use crate::metrics::{DeliveryOutcome, Metrics};
+use crate::model::{Attempt, AttemptOutcome, DeadLetter, DeliveryRecord};
+use crate::settings_cache::SettingsCache;
+
+pub struct Deliverer {
+    pub topics: Topics,
+    pub delays: Vec<Duration>,
+    pub cache: Arc<SettingsCache>,
+    pub channels: Arc<Channels>,
+    pub output: Arc<Output>,
+    pub metrics: Arc<Metrics>,
+    /// `delivery.max_in_flight` attempts at once in this process.
+    pub permits: Arc<Semaphore>,
+}
+
+impl Deliverer {
+    pub async fn run(self: Arc<Self>, consumer: Arc<GroupConsumer>, shutdown: CancellationToken, drain: Duration) {
+        let tracker = TaskTracker::new();
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                received = consumer.recv() => received,
+            };
+            let message = match received {
+                Ok(message) => message.detach(),
+                Err(error) => {
+                    tracing::warn!(%error, "delivery consumer error");
+                    continue;
+                }
+            };
+            let Some(pos) = begin(&consumer, &message) else { continue };
+            let tier = self.topics.tier_of(message.topic()).unwrap_or(0);
+            let record = match decode(&message) {
+                Ok(record) => record,
+                Err(reason) => {
+                    let (this, consumer) = (self.clone(), consumer.clone());
+                    tracker.spawn(async move { this.quarantine(message, reason, consumer, pos).await });
+                    continue;
+                }
+            };
+            let wait = record
+                .not_before
+                .and_then(|due| (due - Utc::now()).to_std().ok())
+                .filter(|wait| !wait.is_zero());
+            if let Some(wait) = wait {
+                // Later records of this partition are due later still: hold the partition.
+                set_paused(&consumer, &pos, true);
+                let (this, consumer, shutdown) = (self.clone(), consumer.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    if !consumer.context().assignment.lock().expect("assignment lock").is_current(&pos) {
+                        return; // revoked while waiting: the next owner attempts it
+                    }
+                    set_paused(&consumer, &pos, false);
+                    let permit = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        permit = this.permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                    };
+                    this.attempt(record, tier, consumer, pos, permit).await;
+                });
+                continue;
+            }
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = self.permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            tracker.spawn(self.clone().attempt(record, tier, consumer.clone(), pos, permit));
+        }
+        tracker.close();
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::warn!("deliveries still in flight at the drain deadline; they will be repeated after restart");
+        }
+    }
+
+    /// One attempt of one delivery, and the write of where it goes next.
+    async fn attempt(
+        self: Arc<Self>,
+        mut record: DeliveryRecord,
+        tier: usize,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let Some(channel) = self.cache.channel(&record.account_id, &record.channel_id).filter(|c| c.enabled) else {
+            tracing::info!(account = %record.account_id, channel = %record.channel_id, delivery = %record.delivery_id,
+                "channel removed or disabled; delivery dropped");
+            self.metrics.delivery(&record.channel_type, DeliveryOutcome::Dropped);
+            finish(&consumer, &pos);
+            return;
+        };
+        let kind = channel.kind.name();
+        let at = Utc::now();
+        let started = Instant::now();
+        let outcome = self.channels.send(&channel, &record).await;
+        let elapsed = started.elapsed();
+        self.metrics.request_duration(kind, elapsed.as_secs_f64());
+        record.attempts.push(attempt_of(&outcome, record.next_attempt(), at, elapsed));
+        let attempt = record.attempts.len();
+        let step = next_step(&outcome, tier, &self.delays, Utc::now());
+        let (written, counted) = match &step {
+            Step::Done => (Ok(()), DeliveryOutcome::Delivered),
+            Step::Retry { tier, not_before } => {
+                record.not_before = Some(*not_before);
+                let payload = serde_json::to_vec(&record).expect("delivery records serialize");
+                let out = OutRecord::new(self.topics.tier_topic(*tier), record.key(), payload);
+                (self.output.write(vec![out]).await, DeliveryOutcome::Retried)
+            }
+            Step::DeadLetter { reason } => {
+                let letter = DeadLetter { reason: reason.clone(), dead_lettered_at: Utc::now(), delivery: record.clone() };
+                let payload = serde_json::to_vec(&letter).expect("dead letters serialize");
+                let out = OutRecord::new(&self.topics.dlq, record.key(), payload);
+                (self.output.write(vec![out]).await, DeliveryOutcome::DeadLettered)
+            }
+        };
+        if written.is_err() {
+            return; // stopping and the broker did not take it: not finished, repeated after restart
+        }
+        self.metrics.delivery(kind, counted);
+        let status = outcome.status();
+        let ms = elapsed.as_millis() as u64;
+        let (account, channel_id, id) = (&record.account_id, &record.channel_id, &record.delivery_id);
+        match (&step, &outcome) {
+            (Step::Done, _) => tracing::info!(account = %account, channel = %channel_id, delivery = %id, attempt,
+                status, ms, "delivered"),
+            (Step::Retry { tier, not_before }, Outcome::Retry { error, .. }) => tracing::warn!(account = %account,
+                channel = %channel_id, delivery = %id, attempt, status, ms, tier, %not_before, %error, "attempt failed; retry scheduled"),
+            (Step::DeadLetter { reason }, _) => tracing::error!(account = %account, channel = %channel_id,
+                delivery = %id, attempt, status, ms, %reason, "delivery dead-lettered"),
+            (Step::Retry { .. }, _) => {}
+        }
+        finish(&consumer, &pos);
+    }
+
+    /// A record of a delivery topic that cannot be read goes to the DLQ as it is, with the reason.
+    async fn quarantine(self: Arc<Self>, message: OwnedMessage, reason: String, consumer: Arc<GroupConsumer>, pos: Position) {
+        tracing::error!(topic = message.topic(), offset = message.offset(), %reason, "unreadable delivery record");
+        let out = OutRecord {
+            topic: self.topics.dlq.clone(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: vec![("reason", reason), ("source-topic", message.topic().to_owned())],
+        };
+        if self.output.write(vec![out]).await.is_ok() {
+            finish(&consumer, &pos);
+        }
+    }
+}
+
+fn decode(message: &OwnedMessage) -> Result<DeliveryRecord, String> {
+    let payload = message.payload().ok_or("delivery record has no value")?;
+    serde_json::from_slice(payload).map_err(|e| format!("delivery record is not readable: {e}"))
+}
+
+fn attempt_of(outcome: &Outcome, number: u32, at: chrono::DateTime<Utc>, elapsed: Duration) -> Attempt {
+    let (kind, error) = match outcome {
+        Outcome::Delivered { .. } => (AttemptOutcome::Delivered, None),
+        Outcome::Retry { error, .. } => (AttemptOutcome::Retryable, Some(error.clone())),
+        Outcome::Permanent { error, .. } => (AttemptOutcome::Permanent, Some(error.clone())),
+    };
+    Attempt { attempt: number, at, duration_ms: elapsed.as_millis() as u64, outcome: kind, status: outcome.status(), error }
+}
+
+fn set_paused(consumer: &GroupConsumer, pos: &Position, paused: bool) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&pos.topic, pos.partition);
+    let result = if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    if let Err(error) = result {
+        tracing::debug!(topic = %pos.topic, partition = pos.partition, %error, paused, "pause/resume not applied");
+    }
+}
