@@ -150,9 +150,7 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let merged = builder
-            .build()
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let merged = builder.build().map_err(|e| ConfigError(e.to_string()))?;
         let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::key(&path, e.into_inner())
@@ -167,12 +165,16 @@ impl Settings {
         non_empty("kafka.brokers", &k.brokers)?;
         non_empty("kafka.group_id", &k.group_id)?;
         if k.event_topics.is_empty() {
-            return Err(ConfigError::key("kafka.event_topics", "at least one topic or regex is required"));
+            return Err(ConfigError::key(
+                "kafka.event_topics",
+                "at least one topic or regex is required",
+            ));
         }
         for (i, topic) in k.event_topics.iter().enumerate() {
             let key = format!("kafka.event_topics[{i}]");
             if topic.starts_with('^') {
-                regex::Regex::new(topic).map_err(|e| ConfigError::key(&key, format!("invalid regex: {e}")))?;
+                regex::Regex::new(topic)
+                    .map_err(|e| ConfigError::key(&key, format!("invalid regex: {e}")))?;
             } else {
                 topic_name(&key, topic)?;
             }
@@ -189,27 +191,48 @@ impl Settings {
                 ));
             }
             if value.is_empty() {
-                return Err(ConfigError::key(&format!("kafka.client.\"{name}\""), "must not be empty"));
+                return Err(ConfigError::key(
+                    &format!("kafka.client.\"{name}\""),
+                    "must not be empty",
+                ));
             }
         }
         for (i, d) in self.retry.delays.iter().enumerate() {
             if d.is_zero() {
-                return Err(ConfigError::key(&format!("retry.delays[{i}]"), "must be greater than zero"));
+                return Err(ConfigError::key(
+                    &format!("retry.delays[{i}]"),
+                    "must be greater than zero",
+                ));
             }
         }
         if self.delivery.timeout.is_zero() {
-            return Err(ConfigError::key("delivery.timeout", "must be greater than zero"));
+            return Err(ConfigError::key(
+                "delivery.timeout",
+                "must be greater than zero",
+            ));
         }
         if self.delivery.max_in_flight == 0 {
-            return Err(ConfigError::key("delivery.max_in_flight", "must be at least 1"));
+            return Err(ConfigError::key(
+                "delivery.max_in_flight",
+                "must be at least 1",
+            ));
         }
         http_url("dashboard.base_url", &self.dashboard.base_url)?;
-        http_url("channels.slack.api_base_url", &self.channels.slack.api_base_url)?;
-        http_url("channels.pagerduty.events_url", &self.channels.pagerduty.events_url)?;
+        http_url(
+            "channels.slack.api_base_url",
+            &self.channels.slack.api_base_url,
+        )?;
+        http_url(
+            "channels.pagerduty.events_url",
+            &self.channels.pagerduty.events_url,
+        )?;
         let smtp = reqwest::Url::parse(&self.channels.email.smtp_url)
             .map_err(|e| ConfigError::key("channels.email.smtp_url", e))?;
         if !matches!(smtp.scheme(), "smtp" | "smtps") {
-            return Err(ConfigError::key("channels.email.smtp_url", "scheme must be smtp:// or smtps://"));
+            return Err(ConfigError::key(
+                "channels.email.smtp_url",
+                "scheme must be smtp:// or smtps://",
+            ));
         }
         self.channels
             .email
@@ -235,9 +258,14 @@ fn non_empty(key: &str, value: &str) -> Result<(), ConfigError> {
 fn topic_name(key: &str, name: &str) -> Result<(), ConfigError> {
     let valid = !name.is_empty()
         && name.len() <= 200
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !valid {
-        return Err(ConfigError::key(key, format!("`{name}` is not a valid Kafka topic name (letters, digits, '.', '_', '-')")));
+        return Err(ConfigError::key(
+            key,
+            format!("`{name}` is not a valid Kafka topic name (letters, digits, '.', '_', '-')"),
+        ));
     }
     Ok(())
 }
@@ -265,7 +293,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
-        _ => return Err(format!("`{text}` has unknown unit `{unit}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "`{text}` has unknown unit `{unit}` (use ms, s, m or h)"
+            ))
+        }
     };
     millis
         .map(Duration::from_millis)
@@ -299,11 +331,21 @@ enum ClientValue {
 /// Flattens `kafka.client` to dotted librdkafka names. Unquoted dotted TOML keys arrive as
 /// nested tables, and environment variables cannot hold dots, so `_` also maps to `.`
 /// (no librdkafka property contains an underscore).
-fn client_properties<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    fn flatten(prefix: &str, table: BTreeMap<String, ClientValue>, out: &mut BTreeMap<String, String>) {
+fn client_properties<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    fn flatten(
+        prefix: &str,
+        table: BTreeMap<String, ClientValue>,
+        out: &mut BTreeMap<String, String>,
+    ) {
         for (key, value) in table {
             let key = key.replace('_', ".");
-            let name = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+            let name = if prefix.is_empty() {
+                key
+            } else {
+                format!("{prefix}.{key}")
+            };
             match value {
                 ClientValue::Text(s) => {
                     out.insert(name, s);

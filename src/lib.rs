@@ -44,7 +44,13 @@ use crate::settings_cache::SettingsCache;
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::default());
-    let admin_server = admin::serve(settings.http.listen, metrics.clone(), readiness.clone(), shutdown.clone()).await?;
+    let admin_server = admin::serve(
+        settings.http.listen,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let topics = Topics::from_settings(&settings);
     let kafka = &settings.kafka;
     tracing::info!(brokers = %kafka.brokers, prefix = %kafka.topic_prefix, tiers = topics.retry.len(),
@@ -55,7 +61,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     loop {
         match kafka::topics::ensure(&admin, &topics, kafka.partitions).await {
             Ok(()) => break,
-            Err(error) => tracing::warn!(%error, "cannot set up topics yet; retrying in {backoff:?}"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot set up topics yet; retrying in {backoff:?}")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -96,13 +104,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     router_consumer.subscribe(&event_topics)?;
     let deliverer_consumer = Arc::new(GroupConsumer::from_config_and_context(
         &kafka::client::group_consumer(kafka, &format!("{}.deliveries", kafka.group_id)),
-        ServiceContext::new("deliverer", metrics.clone(), readiness.deliverer_joined.clone()),
+        ServiceContext::new(
+            "deliverer",
+            metrics.clone(),
+            readiness.deliverer_joined.clone(),
+        ),
     )?);
     deliverer_consumer.subscribe(&topics.delivery_topics())?;
 
     // In-flight HTTP requests end within the timeout; the rest is writing their outcomes.
     let drain = settings.delivery.timeout + Duration::from_secs(5);
-    let router = Arc::new(Router { topics: topics.clone(), cache: cache.clone(), output: output.clone(), metrics: metrics.clone() });
+    let router = Arc::new(Router {
+        topics: topics.clone(),
+        cache: cache.clone(),
+        output: output.clone(),
+        metrics: metrics.clone(),
+    });
     let deliverer = Arc::new(Deliverer {
         topics: topics.clone(),
         delays: settings.retry.delays.clone(),
@@ -114,7 +131,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     });
     tracing::info!(topics = ?kafka.event_topics, group = %kafka.group_id, "routing events");
     let routing = tokio::spawn(router.run(router_consumer.clone(), shutdown.clone(), drain));
-    let delivering = tokio::spawn(deliverer.run(deliverer_consumer.clone(), shutdown.clone(), drain));
+    let delivering =
+        tokio::spawn(deliverer.run(deliverer_consumer.clone(), shutdown.clone(), drain));
     let _ = tokio::join!(routing, delivering);
 
     commit_stored(&router_consumer, "router");

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use sysmos_notify::config::Settings;
 
 #[derive(Parser)]
-#[command(name = "sysmos-notify", version, about = "Alert delivery for the Sysmos monitoring platform")]
+#[command(
+    name = "sysmos-notify",
+    version,
+    about = "Alert delivery for the Sysmos monitoring platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

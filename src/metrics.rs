@@ -46,12 +46,18 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let events = IntCounterVec::new(
-            Opts::new("sysmos_notify_events_total", "Events read from the event topics, by outcome."),
+            Opts::new(
+                "sysmos_notify_events_total",
+                "Events read from the event topics, by outcome.",
+            ),
             &["outcome"],
         )
         .expect("valid metric");
         let deliveries = IntCounterVec::new(
-            Opts::new("sysmos_notify_deliveries_total", "Delivery attempts' results, by channel type and outcome."),
+            Opts::new(
+                "sysmos_notify_deliveries_total",
+                "Delivery attempts' results, by channel type and outcome.",
+            ),
             &["channel", "outcome"],
         )
         .expect("valid metric");
@@ -60,19 +66,30 @@ impl Metrics {
                 "sysmos_notify_delivery_duration_seconds",
                 "Time of one request to a provider, by channel type.",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["channel"],
         )
         .expect("valid metric");
         let lag = IntGaugeVec::new(
-            Opts::new("sysmos_notify_consumer_lag", "Messages not yet consumed, per assigned partition."),
+            Opts::new(
+                "sysmos_notify_consumer_lag",
+                "Messages not yet consumed, per assigned partition.",
+            ),
             &["topic", "partition"],
         )
         .expect("valid metric");
-        let accounts = IntGauge::new("sysmos_notify_config_accounts", "Accounts in the settings cache.")
-            .expect("valid metric");
+        let accounts = IntGauge::new(
+            "sysmos_notify_config_accounts",
+            "Accounts in the settings cache.",
+        )
+        .expect("valid metric");
         let config_records = IntCounterVec::new(
-            Opts::new("sysmos_notify_config_records_total", "Settings records read from the config topic, by outcome."),
+            Opts::new(
+                "sysmos_notify_config_records_total",
+                "Settings records read from the config topic, by outcome.",
+            ),
             &["outcome"],
         )
         .expect("valid metric");
@@ -84,7 +101,9 @@ impl Metrics {
             Box::new(accounts.clone()),
             Box::new(config_records.clone()),
         ] {
-            registry.register(collector).expect("metric registered once");
+            registry
+                .register(collector)
+                .expect("metric registered once");
         }
         // Every series exists from the start, so rates and alerts work before the first event.
         for outcome in ["routed", "no_route", "rejected"] {
@@ -98,7 +117,15 @@ impl Metrics {
         for outcome in ["applied", "stale", "removed", "invalid"] {
             config_records.with_label_values(&[outcome]);
         }
-        Self { registry, events, deliveries, duration, lag, accounts, config_records }
+        Self {
+            registry,
+            events,
+            deliveries,
+            duration,
+            lag,
+            accounts,
+            config_records,
+        }
     }
 
     pub fn event(&self, outcome: EventOutcome) {
@@ -125,12 +152,16 @@ impl Metrics {
     }
 
     pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
-        self.lag.with_label_values(&[topic, &partition.to_string()]).set(lag);
+        self.lag
+            .with_label_values(&[topic, &partition.to_string()])
+            .set(lag);
     }
 
     /// A partition is no longer assigned here: its lag is another instance's to report.
     pub fn forget_lag(&self, topic: &str, partition: i32) {
-        let _ = self.lag.remove_label_values(&[topic, &partition.to_string()]);
+        let _ = self
+            .lag
+            .remove_label_values(&[topic, &partition.to_string()]);
     }
 
     pub fn config_record(&self, outcome: ConfigOutcome) {

@@ -2,7 +2,10 @@ use super::*;
 use std::io::Write;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn file(text: &str) -> tempfile::NamedTempFile {
@@ -25,14 +28,24 @@ fn defaults_match_the_contract() {
     assert_eq!(s.kafka.topic_prefix, "sysmos.notify");
     assert_eq!(s.kafka.partitions, 6);
     assert!(s.kafka.client.is_empty());
-    assert_eq!(s.retry.delays, [Duration::from_secs(15), Duration::from_secs(60), Duration::from_secs(240)]);
+    assert_eq!(
+        s.retry.delays,
+        [
+            Duration::from_secs(15),
+            Duration::from_secs(60),
+            Duration::from_secs(240)
+        ]
+    );
     assert_eq!(s.delivery.timeout, Duration::from_secs(10));
     assert_eq!(s.delivery.max_in_flight, 512);
     assert!(!s.delivery.allow_private_targets);
     assert_eq!(s.http.listen.to_string(), "0.0.0.0:9464");
     assert_eq!(s.dashboard.base_url, "https://app.sysmos.io");
     assert_eq!(s.channels.slack.api_base_url, "https://slack.com/api");
-    assert_eq!(s.channels.pagerduty.events_url, "https://events.pagerduty.com/v2/enqueue");
+    assert_eq!(
+        s.channels.pagerduty.events_url,
+        "https://events.pagerduty.com/v2/enqueue"
+    );
     assert_eq!(s.channels.email.smtp_url, "smtp://127.0.0.1:25");
     assert_eq!(s.channels.email.from, "Sysmos Alerts <alerts@sysmos.io>");
 }
@@ -40,21 +53,27 @@ fn defaults_match_the_contract() {
 #[test]
 fn environment_beats_file_beats_defaults() {
     let text = "[kafka]\nbrokers = \"file:9092\"\ngroup_id = \"from-file\"\n[kafka.client]\n\"fetch.wait.max.ms\" = \"10\"\nsession.timeout.ms = 6000\n[retry]\ndelays = [\"1s\", \"500ms\"]\n";
-    let s = load(text, &[
-        ("SYSMOS_NOTIFY__KAFKA__BROKERS", "env:9092"),
-        ("SYSMOS_NOTIFY__DELIVERY__MAX_IN_FLIGHT", "7"),
-        ("SYSMOS_NOTIFY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
-        ("SYSMOS_NOTIFY__KAFKA__EVENT_TOPICS", "alerts,^x\\..*"),
-        ("SYSMOS_NOTIFY__KAFKA__CLIENT__SOCKET_TIMEOUT_MS", "3000"),
-        ("SYSMOS_NOTIFY_LOG_FORMAT", "json"),
-    ])
+    let s = load(
+        text,
+        &[
+            ("SYSMOS_NOTIFY__KAFKA__BROKERS", "env:9092"),
+            ("SYSMOS_NOTIFY__DELIVERY__MAX_IN_FLIGHT", "7"),
+            ("SYSMOS_NOTIFY__DELIVERY__ALLOW_PRIVATE_TARGETS", "true"),
+            ("SYSMOS_NOTIFY__KAFKA__EVENT_TOPICS", "alerts,^x\\..*"),
+            ("SYSMOS_NOTIFY__KAFKA__CLIENT__SOCKET_TIMEOUT_MS", "3000"),
+            ("SYSMOS_NOTIFY_LOG_FORMAT", "json"),
+        ],
+    )
     .unwrap();
     assert_eq!(s.kafka.brokers, "env:9092");
     assert_eq!(s.kafka.group_id, "from-file");
     assert_eq!(s.delivery.max_in_flight, 7);
     assert!(s.delivery.allow_private_targets);
     assert_eq!(s.kafka.event_topics, ["alerts", "^x\\..*"]);
-    assert_eq!(s.retry.delays, [Duration::from_secs(1), Duration::from_millis(500)]);
+    assert_eq!(
+        s.retry.delays,
+        [Duration::from_secs(1), Duration::from_millis(500)]
+    );
     assert_eq!(s.kafka.client["fetch.wait.max.ms"], "10");
     assert_eq!(s.kafka.client["session.timeout.ms"], "6000");
     assert_eq!(s.kafka.client["socket.timeout.ms"], "3000");
@@ -66,28 +85,76 @@ fn refusals_name_the_key() {
     let cases: &[Case] = &[
         ("[kafka]\nbrokerz = \"x\"\n", &[], "brokerz"),
         ("[nonsense]\nx = 1\n", &[], "nonsense"),
-        ("[delivery]\nmax_in_flight = \"lots\"\n", &[], "delivery.max_in_flight"),
-        ("[delivery]\nmax_in_flight = 0\n", &[], "delivery.max_in_flight"),
-        ("[delivery]\ntimeout = \"10 parsecs\"\n", &[], "delivery.timeout"),
-        ("[retry]\ndelays = [\"15s\", \"soon\"]\n", &[], "retry.delays"),
+        (
+            "[delivery]\nmax_in_flight = \"lots\"\n",
+            &[],
+            "delivery.max_in_flight",
+        ),
+        (
+            "[delivery]\nmax_in_flight = 0\n",
+            &[],
+            "delivery.max_in_flight",
+        ),
+        (
+            "[delivery]\ntimeout = \"10 parsecs\"\n",
+            &[],
+            "delivery.timeout",
+        ),
+        (
+            "[retry]\ndelays = [\"15s\", \"soon\"]\n",
+            &[],
+            "retry.delays",
+        ),
         ("[http]\nlisten = \"nowhere\"\n", &[], "http.listen"),
-        ("[dashboard]\nbase_url = \"not a url\"\n", &[], "dashboard.base_url"),
-        ("[kafka]\nevent_topics = [\"^(unclosed\"]\n", &[], "kafka.event_topics[0]"),
-        ("[kafka]\ntopic_prefix = \"has space\"\n", &[], "kafka.topic_prefix"),
-        ("[kafka.client]\n\"enable.auto.offset.store\" = \"true\"\n", &[], "enable.auto.offset.store"),
-        ("[channels.email]\nsmtp_url = \"http://x\"\n", &[], "channels.email.smtp_url"),
-        ("[channels.email]\nfrom = \"not an address\"\n", &[], "channels.email.from"),
-        ("", &[("SYSMOS_NOTIFY__KAFKA__PARTITIONS", "many")], "kafka.partitions"),
+        (
+            "[dashboard]\nbase_url = \"not a url\"\n",
+            &[],
+            "dashboard.base_url",
+        ),
+        (
+            "[kafka]\nevent_topics = [\"^(unclosed\"]\n",
+            &[],
+            "kafka.event_topics[0]",
+        ),
+        (
+            "[kafka]\ntopic_prefix = \"has space\"\n",
+            &[],
+            "kafka.topic_prefix",
+        ),
+        (
+            "[kafka.client]\n\"enable.auto.offset.store\" = \"true\"\n",
+            &[],
+            "enable.auto.offset.store",
+        ),
+        (
+            "[channels.email]\nsmtp_url = \"http://x\"\n",
+            &[],
+            "channels.email.smtp_url",
+        ),
+        (
+            "[channels.email]\nfrom = \"not an address\"\n",
+            &[],
+            "channels.email.from",
+        ),
+        (
+            "",
+            &[("SYSMOS_NOTIFY__KAFKA__PARTITIONS", "many")],
+            "kafka.partitions",
+        ),
         ("", &[("SYSMOS_NOTIFY__DELIVERY__BOGUS", "1")], "bogus"),
     ];
     for (text, vars, key) in cases {
         let err = load(text, vars).expect_err(text).to_string();
         assert!(err.contains(key), "{text:?}: expected `{key}` in: {err}");
     }
-    let missing = Settings::load_with_env(Some(Path::new("/nonexistent/x.toml")), env(&[])).unwrap_err();
+    let missing =
+        Settings::load_with_env(Some(Path::new("/nonexistent/x.toml")), env(&[])).unwrap_err();
     assert!(missing.to_string().contains("/nonexistent/x.toml"));
     let broken = load("[kafka\n", &[]).unwrap_err();
-    assert!(broken.to_string().contains("invalid configuration"), "{broken}");
+    assert!(
+        broken.to_string().contains("invalid configuration"),
+        "{broken}"
+    );
 }
 
 #[test]

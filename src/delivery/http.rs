@@ -22,9 +22,12 @@ pub fn client(timeout: Duration) -> reqwest::Client {
 /// Parses a user-supplied URL and, unless private targets are allowed, refuses hosts that
 /// resolve to loopback, private, link-local or other non-public addresses.
 pub async fn check_target(raw: &str, allow_private: bool) -> Result<Url, Outcome> {
-    let url = Url::parse(raw).map_err(|e| Outcome::permanent(format!("invalid URL in channel settings: {e}")))?;
+    let url = Url::parse(raw)
+        .map_err(|e| Outcome::permanent(format!("invalid URL in channel settings: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(Outcome::permanent("channel URL must be http:// or https://"));
+        return Err(Outcome::permanent(
+            "channel URL must be http:// or https://",
+        ));
     }
     let host = url
         .host_str()
@@ -90,8 +93,21 @@ mod tests {
 
     #[test]
     fn private_addresses_are_not_public() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-                   "0.0.0.0", "224.0.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "2001:db8::1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "2001:db8::1",
+        ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
@@ -101,8 +117,14 @@ mod tests {
 
     #[tokio::test]
     async fn loopback_target_refused_unless_allowed() {
-        assert!(matches!(check_target("http://127.0.0.1:9/x", false).await, Err(Outcome::Permanent { .. })));
+        assert!(matches!(
+            check_target("http://127.0.0.1:9/x", false).await,
+            Err(Outcome::Permanent { .. })
+        ));
         assert!(check_target("http://127.0.0.1:9/x", true).await.is_ok());
-        assert!(matches!(check_target("ftp://example.com", true).await, Err(Outcome::Permanent { .. })));
+        assert!(matches!(
+            check_target("ftp://example.com", true).await,
+            Err(Outcome::Permanent { .. })
+        ));
     }
 }

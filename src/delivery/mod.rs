@@ -44,9 +44,11 @@ impl Channels {
     /// Makes one attempt; never panics on what a provider answers.
     pub async fn send(&self, channel: &Channel, record: &DeliveryRecord) -> Outcome {
         match &channel.kind {
-            ChannelKind::Webhook { url, headers, secret } => {
-                webhook::send(self, record, url, headers, secret.as_ref()).await
-            }
+            ChannelKind::Webhook {
+                url,
+                headers,
+                secret,
+            } => webhook::send(self, record, url, headers, secret.as_ref()).await,
             ChannelKind::Slack { .. }
             | ChannelKind::Discord { .. }
             | ChannelKind::Email { .. }

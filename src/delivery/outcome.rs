@@ -12,25 +12,43 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// What one attempt came to. The variants are the decision; callers match them exhaustively.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Delivered { status: Option<u16> },
+    Delivered {
+        status: Option<u16>,
+    },
     /// May pass: try again in the next tier, no earlier than `retry_after` when given.
-    Retry { status: Option<u16>, error: String, retry_after: Option<Duration> },
+    Retry {
+        status: Option<u16>,
+        error: String,
+        retry_after: Option<Duration>,
+    },
     /// Will not pass: dead-letter now.
-    Permanent { status: Option<u16>, error: String },
+    Permanent {
+        status: Option<u16>,
+        error: String,
+    },
 }
 
 impl Outcome {
     pub fn permanent(error: impl Into<String>) -> Self {
-        Outcome::Permanent { status: None, error: error.into() }
+        Outcome::Permanent {
+            status: None,
+            error: error.into(),
+        }
     }
 
     pub fn retry(error: impl Into<String>) -> Self {
-        Outcome::Retry { status: None, error: error.into(), retry_after: None }
+        Outcome::Retry {
+            status: None,
+            error: error.into(),
+            retry_after: None,
+        }
     }
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            Outcome::Delivered { status } | Outcome::Retry { status, .. } | Outcome::Permanent { status, .. } => *status,
+            Outcome::Delivered { status }
+            | Outcome::Retry { status, .. }
+            | Outcome::Permanent { status, .. } => *status,
         }
     }
 }
@@ -46,7 +64,9 @@ pub fn classify_status(status: u16, headers: &HeaderMap, now: DateTime<Utc>) -> 
             .unwrap_or_default()
     );
     match status {
-        200..=299 => Outcome::Delivered { status: Some(status) },
+        200..=299 => Outcome::Delivered {
+            status: Some(status),
+        },
         408 | 429 | 500..=599 => Outcome::Retry {
             status: Some(status),
             error: status_text,
@@ -56,20 +76,29 @@ pub fn classify_status(status: u16, headers: &HeaderMap, now: DateTime<Utc>) -> 
             status: Some(status),
             error: format!("{status_text}: redirects are not followed; configure the final URL"),
         },
-        _ => Outcome::Permanent { status: Some(status), error: status_text },
+        _ => Outcome::Permanent {
+            status: Some(status),
+            error: status_text,
+        },
     }
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date, clamped to [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     let delay = if let Ok(seconds) = value.parse::<f64>() {
         if !seconds.is_finite() || seconds < 0.0 {
             return None;
         }
         Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64()))
     } else {
-        let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+        let at = DateTime::parse_from_rfc2822(value)
+            .ok()?
+            .with_timezone(&Utc);
         (at - now).to_std().unwrap_or(Duration::ZERO)
     };
     Some(delay.min(MAX_RETRY_AFTER))
@@ -121,12 +150,28 @@ mod tests {
     #[test]
     fn status_table() {
         let table = [
-            (200, "delivered"), (201, "delivered"), (202, "delivered"), (204, "delivered"), (299, "delivered"),
-            (301, "permanent"), (302, "permanent"), (307, "permanent"),
-            (400, "permanent"), (401, "permanent"), (403, "permanent"), (404, "permanent"), (410, "permanent"),
-            (413, "permanent"), (422, "permanent"),
-            (408, "retry"), (429, "retry"),
-            (500, "retry"), (502, "retry"), (503, "retry"), (504, "retry"), (599, "retry"),
+            (200, "delivered"),
+            (201, "delivered"),
+            (202, "delivered"),
+            (204, "delivered"),
+            (299, "delivered"),
+            (301, "permanent"),
+            (302, "permanent"),
+            (307, "permanent"),
+            (400, "permanent"),
+            (401, "permanent"),
+            (403, "permanent"),
+            (404, "permanent"),
+            (410, "permanent"),
+            (413, "permanent"),
+            (422, "permanent"),
+            (408, "retry"),
+            (429, "retry"),
+            (500, "retry"),
+            (502, "retry"),
+            (503, "retry"),
+            (504, "retry"),
+            (599, "retry"),
         ];
         let now = Utc::now();
         for (status, expected) in table {
@@ -138,7 +183,9 @@ mod tests {
 
     #[test]
     fn retry_after_seconds_and_dates() {
-        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let with = |v: &str| {
             let mut h = HeaderMap::new();
             h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
@@ -146,15 +193,24 @@ mod tests {
         };
         assert_eq!(with("120"), Some(Duration::from_secs(120)));
         assert_eq!(with("1.5"), Some(Duration::from_millis(1500)));
-        assert_eq!(with("Wed, 21 Oct 2015 07:28:30 GMT"), Some(Duration::from_secs(30)));
-        assert_eq!(with("Wed, 21 Oct 2015 07:00:00 GMT"), Some(Duration::ZERO), "a past date means now");
+        assert_eq!(
+            with("Wed, 21 Oct 2015 07:28:30 GMT"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            with("Wed, 21 Oct 2015 07:00:00 GMT"),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
         assert_eq!(with("999999"), Some(MAX_RETRY_AFTER));
         assert_eq!(with("soon"), None);
         assert_eq!(with("-3"), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        let Outcome::Retry { retry_after, .. } = classify_status(429, &h, now) else { panic!() };
+        let Outcome::Retry { retry_after, .. } = classify_status(429, &h, now) else {
+            panic!()
+        };
         assert_eq!(retry_after, Some(Duration::from_secs(7)));
     }
 }

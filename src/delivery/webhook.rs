@@ -13,14 +13,21 @@ use super::Channels;
 use crate::model::{DeliveryRecord, Secret};
 
 /// Headers the service sets; a user header of the same name would break signatures or parsing.
-const RESERVED: [&str; 5] = ["content-type", "content-length", "webhook-id", "webhook-timestamp", "webhook-signature"];
+const RESERVED: [&str; 5] = [
+    "content-type",
+    "content-length",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
 
 /// `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`, keyed by the base64 secret after `whsec_`.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = BASE64
-        .decode(encoded)
-        .map_err(|_| "the channel's signing secret is not a Standard Webhooks secret (whsec_ + base64)".to_owned())?;
+    let key = BASE64.decode(encoded).map_err(|_| {
+        "the channel's signing secret is not a Standard Webhooks secret (whsec_ + base64)"
+            .to_owned()
+    })?;
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes keys of any length");
     mac.update(id.as_bytes());
     mac.update(b".");
@@ -53,8 +60,13 @@ pub async fn send(
         if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
             continue;
         }
-        let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value.expose())) else {
-            return Outcome::permanent(format!("custom header `{name}` is not a valid HTTP header"));
+        let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value.expose()),
+        ) else {
+            return Outcome::permanent(format!(
+                "custom header `{name}` is not a valid HTTP header"
+            ));
         };
         request = request.header(name, value);
     }
@@ -65,7 +77,11 @@ pub async fn send(
         }
     }
     match request.body(body).send().await {
-        Ok(response) => classify_status(response.status().as_u16(), response.headers(), chrono::Utc::now()),
+        Ok(response) => classify_status(
+            response.status().as_u16(),
+            response.headers(),
+            chrono::Utc::now(),
+        ),
         Err(error) => classify_transport(&error, channels.timeout),
     }
 }
@@ -78,8 +94,16 @@ mod tests {
     fn signature_matches_the_standard_webhooks_example() {
         // The example of the Standard Webhooks specification.
         let body = br#"{"test": 2432232314}"#;
-        let signature = sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
-        assert_eq!(signature.unwrap(), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let signature = sign(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            body,
+        );
+        assert_eq!(
+            signature.unwrap(),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
         assert!(sign("whsec_%%%", "id", 1, b"").is_err());
     }
 }

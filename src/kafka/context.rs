@@ -49,14 +49,21 @@ impl ClientContext for ServiceContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let role = self.role;
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", role, facility, "{message}")
             }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", role, facility, "{message}"),
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", role, facility, "{message}")
+            }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
                 tracing::info!(target: "librdkafka", role, facility, "{message}")
             }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", role, facility, "{message}"),
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", role, facility, "{message}")
+            }
         }
     }
 
@@ -70,7 +77,11 @@ impl ClientContext for ServiceContext {
             stats
                 .topics
                 .values()
-                .flat_map(|t| t.partitions.values().map(move |p| (t.topic.clone(), p.partition)))
+                .flat_map(|t| {
+                    t.partitions
+                        .values()
+                        .map(move |p| (t.topic.clone(), p.partition))
+                })
                 .filter(|(topic, partition)| assignment.owns(topic, *partition))
                 .collect()
         };
@@ -106,11 +117,16 @@ impl ConsumerContext for ServiceContext {
             // repeated by the next owner (at-least-once).
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => tracing::warn!(role = self.role, error = %e, "commit before revoke failed"),
+                Err(e) => {
+                    tracing::warn!(role = self.role, error = %e, "commit before revoke failed")
+                }
             }
             let revoked = partitions(tpl);
             tracing::info!(role = self.role, partitions = ?revoked, "partitions revoked");
-            self.assignment.lock().expect("assignment lock").revoke(revoked);
+            self.assignment
+                .lock()
+                .expect("assignment lock")
+                .revoke(revoked);
         }
     }
 
@@ -119,11 +135,16 @@ impl ConsumerContext for ServiceContext {
             Rebalance::Assign(tpl) => {
                 let assigned = partitions(tpl);
                 tracing::info!(role = self.role, partitions = ?assigned, "partitions assigned");
-                self.assignment.lock().expect("assignment lock").assign(assigned);
+                self.assignment
+                    .lock()
+                    .expect("assignment lock")
+                    .assign(assigned);
                 self.joined.store(true, Ordering::Release);
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::error!(role = self.role, error = %e, "rebalance failed"),
+            Rebalance::Error(e) => {
+                tracing::error!(role = self.role, error = %e, "rebalance failed")
+            }
         }
     }
 
@@ -131,7 +152,9 @@ impl ConsumerContext for ServiceContext {
         match result {
             Ok(()) => tracing::trace!(role = self.role, ?offsets, "offsets committed"),
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => tracing::warn!(role = self.role, error = %e, "offset commit failed; will retry"),
+            Err(e) => {
+                tracing::warn!(role = self.role, error = %e, "offset commit failed; will retry")
+            }
         }
     }
 }
@@ -140,7 +163,10 @@ impl ConsumerContext for ServiceContext {
 pub type GroupConsumer = rdkafka::consumer::StreamConsumer<ServiceContext>;
 
 /// Registers work on a received message; `None` when it is not ours to do (revoked or re-fetched).
-pub fn begin<M: rdkafka::Message>(consumer: &GroupConsumer, message: &M) -> Option<super::offsets::Position> {
+pub fn begin<M: rdkafka::Message>(
+    consumer: &GroupConsumer,
+    message: &M,
+) -> Option<super::offsets::Position> {
     consumer
         .context()
         .assignment
@@ -152,7 +178,12 @@ pub fn begin<M: rdkafka::Message>(consumer: &GroupConsumer, message: &M) -> Opti
 /// Marks the work on `pos` finished and stores the partition's new low-water offset, which the
 /// background commit then makes durable.
 pub fn finish(consumer: &GroupConsumer, pos: &super::offsets::Position) {
-    let next = consumer.context().assignment.lock().expect("assignment lock").finish(pos);
+    let next = consumer
+        .context()
+        .assignment
+        .lock()
+        .expect("assignment lock")
+        .finish(pos);
     if let Some(next) = next {
         let mut tpl = TopicPartitionList::new();
         if tpl
@@ -171,6 +202,8 @@ pub fn finish(consumer: &GroupConsumer, pos: &super::offsets::Position) {
 pub fn commit_stored(consumer: &GroupConsumer, role: &str) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(role, %error, "final commit failed; the uncommitted work will be repeated"),
+        Err(error) => {
+            tracing::warn!(role, %error, "final commit failed; the uncommitted work will be repeated")
+        }
     }
 }

@@ -64,7 +64,8 @@ impl Assignment {
     pub fn assign(&mut self, partitions: impl IntoIterator<Item = (String, i32)>) {
         self.generation += 1;
         for tp in partitions {
-            self.partitions.insert(tp, (self.generation, PartitionProgress::default()));
+            self.partitions
+                .insert(tp, (self.generation, PartitionProgress::default()));
         }
     }
 
@@ -87,7 +88,9 @@ impl Assignment {
 
     /// Finishes work; the offset to store when the partition's low-water mark moved.
     pub fn finish(&mut self, pos: &Position) -> Option<i64> {
-        let (generation, progress) = self.partitions.get_mut(&(pos.topic.clone(), pos.partition))?;
+        let (generation, progress) = self
+            .partitions
+            .get_mut(&(pos.topic.clone(), pos.partition))?;
         if *generation != pos.generation {
             return None;
         }
@@ -139,7 +142,11 @@ mod tests {
         a.revoke([("t".to_owned(), 0)]);
         assert!(!a.is_current(&old));
         a.assign([("t".to_owned(), 0)]);
-        assert_eq!(a.finish(&old), None, "work from before the rebalance is ignored");
+        assert_eq!(
+            a.finish(&old),
+            None,
+            "work from before the rebalance is ignored"
+        );
         let new = a.begin("t", 0, 5).unwrap();
         assert_eq!(a.finish(&new), Some(6));
     }

@@ -21,7 +21,12 @@ pub struct OutRecord {
 
 impl OutRecord {
     pub fn new(topic: &str, key: impl Into<Vec<u8>>, payload: Vec<u8>) -> Self {
-        Self { topic: topic.to_owned(), key: Some(key.into()), payload: Some(payload), headers: Vec::new() }
+        Self {
+            topic: topic.to_owned(),
+            key: Some(key.into()),
+            payload: Some(payload),
+            headers: Vec::new(),
+        }
     }
 
     fn future_record(&self) -> FutureRecord<'_, [u8], [u8]> {
@@ -33,9 +38,15 @@ impl OutRecord {
             record = record.payload(payload.as_slice());
         }
         if !self.headers.is_empty() {
-            let headers = self.headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
-                h.insert(Header { key, value: Some(value.as_bytes()) })
-            });
+            let headers = self
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    })
+                });
             record = record.headers(headers);
         }
         record
@@ -109,7 +120,14 @@ impl Output {
     async fn send(&self, record: &OutRecord) -> Result<(), Stopped> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.producer.send(record.future_record(), Timeout::After(Duration::from_secs(30))).await {
+            match self
+                .producer
+                .send(
+                    record.future_record(),
+                    Timeout::After(Duration::from_secs(30)),
+                )
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err((error, _)) => {
                     tracing::warn!(topic = %record.topic, %error, "produce failed; retrying in {backoff:?}");

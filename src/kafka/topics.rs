@@ -62,7 +62,11 @@ impl Topics {
 }
 
 /// Creates the service's topics that do not exist yet; existing ones are left as they are.
-pub async fn ensure(admin: &AdminClient<DefaultClientContext>, topics: &Topics, partitions: i32) -> anyhow::Result<()> {
+pub async fn ensure(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &Topics,
+    partitions: i32,
+) -> anyhow::Result<()> {
     let mut wanted = vec![
         NewTopic::new(&topics.config, partitions, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact"),
@@ -95,7 +99,14 @@ mod tests {
     fn names_and_tiers() {
         let t = Topics::new("sysmos.notify", 3);
         assert_eq!(t.config, "sysmos.notify.config");
-        assert_eq!(t.retry, ["sysmos.notify.retry.1", "sysmos.notify.retry.2", "sysmos.notify.retry.3"]);
+        assert_eq!(
+            t.retry,
+            [
+                "sysmos.notify.retry.1",
+                "sysmos.notify.retry.2",
+                "sysmos.notify.retry.3"
+            ]
+        );
         assert_eq!(t.tier_of("sysmos.notify.deliveries"), Some(0));
         assert_eq!(t.tier_of("sysmos.notify.retry.3"), Some(3));
         assert_eq!(t.tier_of("sysmos.notify.dlq"), None);

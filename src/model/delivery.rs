@@ -119,7 +119,10 @@ mod tests {
         let a = delivery_id("acc", "evt_1", "hook");
         assert_eq!(a, delivery_id("acc", "evt_1", "hook"));
         assert_ne!(a, delivery_id("acc", "evt_1", "hook2"));
-        assert_ne!(delivery_id("ac", "cevt_1", "hook"), delivery_id("acc", "evt_1", "hook"));
+        assert_ne!(
+            delivery_id("ac", "cevt_1", "hook"),
+            delivery_id("acc", "evt_1", "hook")
+        );
         assert!(a.starts_with("msg_") && a.len() == 36);
     }
 }

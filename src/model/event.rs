@@ -56,7 +56,8 @@ impl Event {
                 bytes.len()
             ));
         }
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
         match value {
             Value::Object(raw) => Self::try_from(raw),
             _ => Err("not a JSON object".into()),
@@ -102,7 +103,10 @@ impl Event {
     /// Severity per the table of CONTRACT §3; unknown types use `alert.severity`, else warning.
     pub fn severity(&self) -> Severity {
         let alert = self.alert();
-        let given = alert.get("severity").and_then(Value::as_str).and_then(Severity::parse);
+        let given = alert
+            .get("severity")
+            .and_then(Value::as_str)
+            .and_then(Severity::parse);
         match self.kind() {
             "monitor.down" | "server.offline" => Severity::Critical,
             "monitor.degraded" => Severity::Warning,
@@ -124,7 +128,10 @@ impl Event {
     pub fn webhook_body(&self) -> Value {
         let mut body = Map::new();
         body.insert("event".into(), Value::String(self.kind().to_owned()));
-        body.insert(self.product_key().to_owned(), Value::Object(self.product().clone()));
+        body.insert(
+            self.product_key().to_owned(),
+            Value::Object(self.product().clone()),
+        );
         body.insert("alert".into(), Value::Object(self.alert().clone()));
         Value::Object(body)
     }
@@ -144,7 +151,9 @@ impl TryFrom<Map<String, Value>> for Event {
     fn try_from(raw: Map<String, Value>) -> Result<Self, String> {
         for field in ["event", "event_id", "account_id", "occurred_at"] {
             match raw.get(field) {
-                None | Some(Value::Null) => return Err(format!("missing required field `{field}`")),
+                None | Some(Value::Null) => {
+                    return Err(format!("missing required field `{field}`"))
+                }
                 Some(Value::String(s)) if s.trim().is_empty() => {
                     return Err(format!("field `{field}` must not be empty"))
                 }
@@ -156,7 +165,9 @@ impl TryFrom<Map<String, Value>> for Event {
         let mut parts = kind.splitn(2, '.');
         let (product, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         if product.is_empty() || name.is_empty() {
-            return Err(format!("field `event` must look like `product.name`, got `{kind}`"));
+            return Err(format!(
+                "field `event` must look like `product.name`, got `{kind}`"
+            ));
         }
         let occurred_at = raw["occurred_at"].as_str().unwrap_or_default();
         DateTime::parse_from_rfc3339(occurred_at)
@@ -173,7 +184,11 @@ impl TryFrom<Map<String, Value>> for Event {
         for field in required {
             match object.get(field) {
                 Some(Value::String(s)) if !s.is_empty() => {}
-                Some(_) => return Err(format!("field `{product}.{field}` must be a non-empty string")),
+                Some(_) => {
+                    return Err(format!(
+                        "field `{product}.{field}` must be a non-empty string"
+                    ))
+                }
                 None => return Err(format!("missing required field `{product}.{field}`")),
             }
         }
@@ -233,9 +248,20 @@ mod tests {
     #[test]
     fn rejects_with_a_reason() {
         assert!(Event::decode(None).unwrap_err().contains("empty"));
-        assert!(Event::decode(Some(b"\xff\x00binary")).unwrap_err().contains("not valid JSON"));
-        assert!(Event::decode(Some(b"[1]")).unwrap_err().contains("not a JSON object"));
-        for field in ["event", "event_id", "account_id", "occurred_at", "monitor", "alert"] {
+        assert!(Event::decode(Some(b"\xff\x00binary"))
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(Event::decode(Some(b"[1]"))
+            .unwrap_err()
+            .contains("not a JSON object"));
+        for field in [
+            "event",
+            "event_id",
+            "account_id",
+            "occurred_at",
+            "monitor",
+            "alert",
+        ] {
             let mut v = seed();
             v.as_object_mut().unwrap().remove(field);
             let err = decode(v).unwrap_err();
@@ -248,7 +274,9 @@ mod tests {
         v["occurred_at"] = json!("yesterday");
         assert!(decode(v).unwrap_err().contains("RFC 3339"));
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
-        assert!(Event::decode(Some(&big)).unwrap_err().contains("larger than"));
+        assert!(Event::decode(Some(&big))
+            .unwrap_err()
+            .contains("larger than"));
     }
 
     #[test]
@@ -256,12 +284,28 @@ mod tests {
         let cases = [
             ("monitor.degraded", json!({}), Severity::Warning),
             ("monitor.recovered", json!({}), Severity::Info),
-            ("monitor.ssl_expiring", json!({"days_remaining": 10}), Severity::Warning),
-            ("monitor.ssl_expiring", json!({"days_remaining": 3}), Severity::Critical),
-            ("server.anomaly", json!({"severity": "critical"}), Severity::Critical),
+            (
+                "monitor.ssl_expiring",
+                json!({"days_remaining": 10}),
+                Severity::Warning,
+            ),
+            (
+                "monitor.ssl_expiring",
+                json!({"days_remaining": 3}),
+                Severity::Critical,
+            ),
+            (
+                "server.anomaly",
+                json!({"severity": "critical"}),
+                Severity::Critical,
+            ),
             ("server.anomaly", json!({}), Severity::Warning),
             ("server.offline", json!({}), Severity::Critical),
-            ("server.recovered", json!({"condition": "offline"}), Severity::Info),
+            (
+                "server.recovered",
+                json!({"condition": "offline"}),
+                Severity::Info,
+            ),
             ("cron.missed", json!({"severity": "info"}), Severity::Info),
             ("cron.missed", json!({}), Severity::Warning),
         ];

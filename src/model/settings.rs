@@ -62,7 +62,11 @@ impl AccountSettings {
         let mut channels = Vec::with_capacity(raw.channels.len());
         let mut skipped = Vec::new();
         for (i, value) in raw.channels.into_iter().enumerate() {
-            let id = value.get("id").and_then(Value::as_str).unwrap_or("?").to_owned();
+            let id = value
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned();
             match Channel::deserialize(value) {
                 Ok(channel) if channels.iter().any(|c: &Channel| c.id == channel.id) => {
                     skipped.push(format!("channels[{i}] ({id}): duplicate channel id"))
@@ -71,7 +75,12 @@ impl AccountSettings {
                 Err(e) => skipped.push(format!("channels[{i}] ({id}): {}", redact(&e.to_string()))),
             }
         }
-        Ok(Self { account_id: raw.account_id, version: raw.version, channels, skipped })
+        Ok(Self {
+            account_id: raw.account_id,
+            version: raw.version,
+            channels,
+            skipped,
+        })
     }
 
     pub fn channel(&self, id: &str) -> Option<&Channel> {
@@ -141,7 +150,9 @@ fn header_pairs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, S
     map.into_iter()
         .map(|(name, value)| match value {
             Value::String(v) => Ok((name, Secret(v))),
-            _ => Err(serde::de::Error::custom(format!("header `{name}` must have a string value"))),
+            _ => Err(serde::de::Error::custom(format!(
+                "header `{name}` must have a string value"
+            ))),
         })
         .collect()
 }
@@ -234,7 +245,13 @@ mod tests {
         assert_eq!(s.channels.len(), 3);
         assert_eq!(s.skipped.len(), 2, "{:?}", s.skipped);
         let shown = format!("{s:?}");
-        for secret in ["xoxb-SECRET", "0123456789abcdef", "s3cr3t", "whsec_abc", "SECRET-NUMBER"] {
+        for secret in [
+            "xoxb-SECRET",
+            "0123456789abcdef",
+            "s3cr3t",
+            "whsec_abc",
+            "SECRET-NUMBER",
+        ] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
         let ChannelKind::Webhook { headers, .. } = &s.channel("hook").unwrap().kind else {

@@ -36,7 +36,12 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub async fn run(self: Arc<Self>, consumer: Arc<GroupConsumer>, shutdown: CancellationToken, drain: Duration) {
+    pub async fn run(
+        self: Arc<Self>,
+        consumer: Arc<GroupConsumer>,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
         let tracker = TaskTracker::new();
         loop {
             let received = tokio::select! {
@@ -51,13 +56,17 @@ impl Deliverer {
                     continue;
                 }
             };
-            let Some(pos) = begin(&consumer, &message) else { continue };
+            let Some(pos) = begin(&consumer, &message) else {
+                continue;
+            };
             let tier = self.topics.tier_of(message.topic()).unwrap_or(0);
             let record = match decode(&message) {
                 Ok(record) => record,
                 Err(reason) => {
                     let (this, consumer) = (self.clone(), consumer.clone());
-                    tracker.spawn(async move { this.quarantine(message, reason, consumer, pos).await });
+                    tracker.spawn(
+                        async move { this.quarantine(message, reason, consumer, pos).await },
+                    );
                     continue;
                 }
             };
@@ -90,7 +99,10 @@ impl Deliverer {
                 _ = shutdown.cancelled() => break,
                 permit = self.permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
             };
-            tracker.spawn(self.clone().attempt(record, tier, consumer.clone(), pos, permit));
+            tracker.spawn(
+                self.clone()
+                    .attempt(record, tier, consumer.clone(), pos, permit),
+            );
         }
         tracker.close();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
@@ -107,10 +119,15 @@ impl Deliverer {
         pos: Position,
         _permit: OwnedSemaphorePermit,
     ) {
-        let Some(channel) = self.cache.channel(&record.account_id, &record.channel_id).filter(|c| c.enabled) else {
+        let Some(channel) = self
+            .cache
+            .channel(&record.account_id, &record.channel_id)
+            .filter(|c| c.enabled)
+        else {
             tracing::info!(account = %record.account_id, channel = %record.channel_id, delivery = %record.delivery_id,
                 "channel removed or disabled; delivery dropped");
-            self.metrics.delivery(&record.channel_type, DeliveryOutcome::Dropped);
+            self.metrics
+                .delivery(&record.channel_type, DeliveryOutcome::Dropped);
             finish(&consumer, &pos);
             return;
         };
@@ -120,7 +137,9 @@ impl Deliverer {
         let outcome = self.channels.send(&channel, &record).await;
         let elapsed = started.elapsed();
         self.metrics.request_duration(kind, elapsed.as_secs_f64());
-        record.attempts.push(attempt_of(&outcome, record.next_attempt(), at, elapsed));
+        record
+            .attempts
+            .push(attempt_of(&outcome, record.next_attempt(), at, elapsed));
         let attempt = record.attempts.len();
         let step = next_step(&outcome, tier, &self.delays, Utc::now());
         let (written, counted) = match &step {
@@ -132,10 +151,17 @@ impl Deliverer {
                 (self.output.write(vec![out]).await, DeliveryOutcome::Retried)
             }
             Step::DeadLetter { reason } => {
-                let letter = DeadLetter { reason: reason.clone(), dead_lettered_at: Utc::now(), delivery: record.clone() };
+                let letter = DeadLetter {
+                    reason: reason.clone(),
+                    dead_lettered_at: Utc::now(),
+                    delivery: record.clone(),
+                };
                 let payload = serde_json::to_vec(&letter).expect("dead letters serialize");
                 let out = OutRecord::new(&self.topics.dlq, record.key(), payload);
-                (self.output.write(vec![out]).await, DeliveryOutcome::DeadLettered)
+                (
+                    self.output.write(vec![out]).await,
+                    DeliveryOutcome::DeadLettered,
+                )
             }
         };
         if written.is_err() {
@@ -144,27 +170,43 @@ impl Deliverer {
         self.metrics.delivery(kind, counted);
         let status = outcome.status();
         let ms = elapsed.as_millis() as u64;
-        let (account, channel_id, id) = (&record.account_id, &record.channel_id, &record.delivery_id);
+        let (account, channel_id, id) =
+            (&record.account_id, &record.channel_id, &record.delivery_id);
         match (&step, &outcome) {
-            (Step::Done, _) => tracing::info!(account = %account, channel = %channel_id, delivery = %id, attempt,
-                status, ms, "delivered"),
-            (Step::Retry { tier, not_before }, Outcome::Retry { error, .. }) => tracing::warn!(account = %account,
-                channel = %channel_id, delivery = %id, attempt, status, ms, tier, %not_before, %error, "attempt failed; retry scheduled"),
-            (Step::DeadLetter { reason }, _) => tracing::error!(account = %account, channel = %channel_id,
-                delivery = %id, attempt, status, ms, %reason, "delivery dead-lettered"),
+            (Step::Done, _) => {
+                tracing::info!(account = %account, channel = %channel_id, delivery = %id, attempt,
+                status, ms, "delivered")
+            }
+            (Step::Retry { tier, not_before }, Outcome::Retry { error, .. }) => {
+                tracing::warn!(account = %account,
+                channel = %channel_id, delivery = %id, attempt, status, ms, tier, %not_before, %error, "attempt failed; retry scheduled")
+            }
+            (Step::DeadLetter { reason }, _) => {
+                tracing::error!(account = %account, channel = %channel_id,
+                delivery = %id, attempt, status, ms, %reason, "delivery dead-lettered")
+            }
             (Step::Retry { .. }, _) => {}
         }
         finish(&consumer, &pos);
     }
 
     /// A record of a delivery topic that cannot be read goes to the DLQ as it is, with the reason.
-    async fn quarantine(self: Arc<Self>, message: OwnedMessage, reason: String, consumer: Arc<GroupConsumer>, pos: Position) {
+    async fn quarantine(
+        self: Arc<Self>,
+        message: OwnedMessage,
+        reason: String,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+    ) {
         tracing::error!(topic = message.topic(), offset = message.offset(), %reason, "unreadable delivery record");
         let out = OutRecord {
             topic: self.topics.dlq.clone(),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
-            headers: vec![("reason", reason), ("source-topic", message.topic().to_owned())],
+            headers: vec![
+                ("reason", reason),
+                ("source-topic", message.topic().to_owned()),
+            ],
         };
         if self.output.write(vec![out]).await.is_ok() {
             finish(&consumer, &pos);
@@ -177,19 +219,35 @@ fn decode(message: &OwnedMessage) -> Result<DeliveryRecord, String> {
     serde_json::from_slice(payload).map_err(|e| format!("delivery record is not readable: {e}"))
 }
 
-fn attempt_of(outcome: &Outcome, number: u32, at: chrono::DateTime<Utc>, elapsed: Duration) -> Attempt {
+fn attempt_of(
+    outcome: &Outcome,
+    number: u32,
+    at: chrono::DateTime<Utc>,
+    elapsed: Duration,
+) -> Attempt {
     let (kind, error) = match outcome {
         Outcome::Delivered { .. } => (AttemptOutcome::Delivered, None),
         Outcome::Retry { error, .. } => (AttemptOutcome::Retryable, Some(error.clone())),
         Outcome::Permanent { error, .. } => (AttemptOutcome::Permanent, Some(error.clone())),
     };
-    Attempt { attempt: number, at, duration_ms: elapsed.as_millis() as u64, outcome: kind, status: outcome.status(), error }
+    Attempt {
+        attempt: number,
+        at,
+        duration_ms: elapsed.as_millis() as u64,
+        outcome: kind,
+        status: outcome.status(),
+        error,
+    }
 }
 
 fn set_paused(consumer: &GroupConsumer, pos: &Position, paused: bool) {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&pos.topic, pos.partition);
-    let result = if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    let result = if paused {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
     if let Err(error) = result {
         tracing::debug!(topic = %pos.topic, partition = pos.partition, %error, paused, "pause/resume not applied");
     }

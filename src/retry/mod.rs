@@ -14,8 +14,13 @@ use crate::delivery::Outcome;
 pub enum Step {
     Done,
     /// To tier `tier` (`P.retry.tier`), not to be attempted before `not_before`.
-    Retry { tier: usize, not_before: DateTime<Utc> },
-    DeadLetter { reason: String },
+    Retry {
+        tier: usize,
+        not_before: DateTime<Utc>,
+    },
+    DeadLetter {
+        reason: String,
+    },
 }
 
 /// The plan: a failure that may pass goes one tier up and waits that tier's delay (or the
@@ -23,12 +28,19 @@ pub enum Step {
 pub fn next_step(outcome: &Outcome, tier: usize, delays: &[Duration], now: DateTime<Utc>) -> Step {
     match outcome {
         Outcome::Delivered { .. } => Step::Done,
-        Outcome::Permanent { error, .. } => Step::DeadLetter { reason: format!("permanent failure: {error}") },
-        Outcome::Retry { error, retry_after, .. } => match delays.get(tier) {
+        Outcome::Permanent { error, .. } => Step::DeadLetter {
+            reason: format!("permanent failure: {error}"),
+        },
+        Outcome::Retry {
+            error, retry_after, ..
+        } => match delays.get(tier) {
             Some(delay) => {
                 let wait = retry_after.map_or(*delay, |r| r.max(*delay));
                 let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-                Step::Retry { tier: tier + 1, not_before: now + wait }
+                Step::Retry {
+                    tier: tier + 1,
+                    not_before: now + wait,
+                }
             }
             None => Step::DeadLetter {
                 reason: format!("gave up after {} attempts; last error: {error}", tier + 1),
@@ -43,26 +55,82 @@ mod tests {
 
     #[test]
     fn tiers_then_dead_letter() {
-        let delays = [Duration::from_secs(15), Duration::from_secs(60), Duration::from_secs(240)];
+        let delays = [
+            Duration::from_secs(15),
+            Duration::from_secs(60),
+            Duration::from_secs(240),
+        ];
         let now = Utc::now();
         let fail = Outcome::retry("HTTP 500");
-        assert_eq!(next_step(&fail, 0, &delays, now), Step::Retry { tier: 1, not_before: now + chrono::Duration::seconds(15) });
-        assert_eq!(next_step(&fail, 1, &delays, now), Step::Retry { tier: 2, not_before: now + chrono::Duration::seconds(60) });
-        assert_eq!(next_step(&fail, 2, &delays, now), Step::Retry { tier: 3, not_before: now + chrono::Duration::seconds(240) });
-        let Step::DeadLetter { reason } = next_step(&fail, 3, &delays, now) else { panic!() };
-        assert!(reason.contains("4 attempts") && reason.contains("HTTP 500"), "{reason}");
-        assert_eq!(next_step(&Outcome::Delivered { status: Some(200) }, 2, &delays, now), Step::Done);
-        assert!(matches!(next_step(&Outcome::permanent("HTTP 400"), 0, &delays, now), Step::DeadLetter { .. }));
-        assert!(matches!(next_step(&fail, 0, &[], now), Step::DeadLetter { .. }), "no tiers: straight to the DLQ");
+        assert_eq!(
+            next_step(&fail, 0, &delays, now),
+            Step::Retry {
+                tier: 1,
+                not_before: now + chrono::Duration::seconds(15)
+            }
+        );
+        assert_eq!(
+            next_step(&fail, 1, &delays, now),
+            Step::Retry {
+                tier: 2,
+                not_before: now + chrono::Duration::seconds(60)
+            }
+        );
+        assert_eq!(
+            next_step(&fail, 2, &delays, now),
+            Step::Retry {
+                tier: 3,
+                not_before: now + chrono::Duration::seconds(240)
+            }
+        );
+        let Step::DeadLetter { reason } = next_step(&fail, 3, &delays, now) else {
+            panic!()
+        };
+        assert!(
+            reason.contains("4 attempts") && reason.contains("HTTP 500"),
+            "{reason}"
+        );
+        assert_eq!(
+            next_step(&Outcome::Delivered { status: Some(200) }, 2, &delays, now),
+            Step::Done
+        );
+        assert!(matches!(
+            next_step(&Outcome::permanent("HTTP 400"), 0, &delays, now),
+            Step::DeadLetter { .. }
+        ));
+        assert!(
+            matches!(next_step(&fail, 0, &[], now), Step::DeadLetter { .. }),
+            "no tiers: straight to the DLQ"
+        );
     }
 
     #[test]
     fn retry_after_only_lengthens_the_wait() {
         let delays = [Duration::from_secs(15)];
         let now = Utc::now();
-        let slow = Outcome::Retry { status: Some(429), error: "HTTP 429".into(), retry_after: Some(Duration::from_secs(90)) };
-        assert_eq!(next_step(&slow, 0, &delays, now), Step::Retry { tier: 1, not_before: now + chrono::Duration::seconds(90) });
-        let fast = Outcome::Retry { status: Some(429), error: "HTTP 429".into(), retry_after: Some(Duration::from_secs(1)) };
-        assert_eq!(next_step(&fast, 0, &delays, now), Step::Retry { tier: 1, not_before: now + chrono::Duration::seconds(15) });
+        let slow = Outcome::Retry {
+            status: Some(429),
+            error: "HTTP 429".into(),
+            retry_after: Some(Duration::from_secs(90)),
+        };
+        assert_eq!(
+            next_step(&slow, 0, &delays, now),
+            Step::Retry {
+                tier: 1,
+                not_before: now + chrono::Duration::seconds(90)
+            }
+        );
+        let fast = Outcome::Retry {
+            status: Some(429),
+            error: "HTTP 429".into(),
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        assert_eq!(
+            next_step(&fast, 0, &delays, now),
+            Step::Retry {
+                tier: 1,
+                not_before: now + chrono::Duration::seconds(15)
+            }
+        );
     }
 }

@@ -28,7 +28,12 @@ pub struct Router {
 }
 
 impl Router {
-    pub async fn run(self: Arc<Self>, consumer: Arc<GroupConsumer>, shutdown: CancellationToken, drain: Duration) {
+    pub async fn run(
+        self: Arc<Self>,
+        consumer: Arc<GroupConsumer>,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(MAX_PENDING_EVENTS));
         loop {
@@ -44,7 +49,9 @@ impl Router {
                     continue;
                 }
             };
-            let Some(pos) = begin(&consumer, &message) else { continue };
+            let Some(pos) = begin(&consumer, &message) else {
+                continue;
+            };
             let (records, outcome) = match decide(message.payload(), &self.cache, Utc::now()) {
                 Decision::Reject(reason) => {
                     tracing::warn!(topic = message.topic(), partition = message.partition(),
@@ -64,14 +71,19 @@ impl Router {
                     (vec![record], EventOutcome::Rejected)
                 }
                 Decision::NoRoute(why) => {
-                    tracing::debug!(topic = message.topic(), offset = message.offset(), "event not routed: {why}");
+                    tracing::debug!(
+                        topic = message.topic(),
+                        offset = message.offset(),
+                        "event not routed: {why}"
+                    );
                     (Vec::new(), EventOutcome::NoRoute)
                 }
                 Decision::Deliver(deliveries) => {
                     let records = deliveries
                         .iter()
                         .map(|d| {
-                            let payload = serde_json::to_vec(d).expect("delivery records serialize");
+                            let payload =
+                                serde_json::to_vec(d).expect("delivery records serialize");
                             OutRecord::new(&self.topics.deliveries, d.key(), payload)
                         })
                         .collect();

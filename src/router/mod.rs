@@ -77,10 +77,33 @@ mod tests {
     fn fans_out_to_accepting_channels() {
         let cache = cache();
         let now = Utc::now();
-        assert_eq!(channels(decide(Some(&event("monitor.down", "acc_42")), &cache, now)), ["all", "critical"]);
-        assert_eq!(channels(decide(Some(&event("monitor.degraded", "acc_42")), &cache, now)), ["all"]);
-        assert_eq!(channels(decide(Some(&event("server.offline", "acc_42")), &cache, now)), ["all", "servers", "critical"]);
-        assert!(matches!(decide(Some(&event("monitor.down", "acc_x")), &cache, now), Decision::NoRoute(_)));
-        assert!(matches!(decide(Some(b"{}"), &cache, now), Decision::Reject(_)));
+        assert_eq!(
+            channels(decide(Some(&event("monitor.down", "acc_42")), &cache, now)),
+            ["all", "critical"]
+        );
+        assert_eq!(
+            channels(decide(
+                Some(&event("monitor.degraded", "acc_42")),
+                &cache,
+                now
+            )),
+            ["all"]
+        );
+        assert_eq!(
+            channels(decide(
+                Some(&event("server.offline", "acc_42")),
+                &cache,
+                now
+            )),
+            ["all", "servers", "critical"]
+        );
+        assert!(matches!(
+            decide(Some(&event("monitor.down", "acc_x")), &cache, now),
+            Decision::NoRoute(_)
+        ));
+        assert!(matches!(
+            decide(Some(b"{}"), &cache, now),
+            Decision::Reject(_)
+        ));
     }
 }

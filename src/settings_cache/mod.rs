@@ -17,16 +17,24 @@ pub struct SettingsCache {
 /// What one config record did to the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    Updated { skipped: Vec<String> },
+    Updated {
+        skipped: Vec<String>,
+    },
     /// Older than the cached version: ignored.
-    Stale { cached: u64, received: u64 },
+    Stale {
+        cached: u64,
+        received: u64,
+    },
     Removed,
     Invalid(String),
 }
 
 impl SettingsCache {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { accounts: RwLock::default(), metrics }
+        Self {
+            accounts: RwLock::default(),
+            metrics,
+        }
     }
 
     /// Applies one record of the config topic (`value` `None` or empty = tombstone).
@@ -43,7 +51,10 @@ impl SettingsCache {
     }
 
     fn apply_inner(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Applied {
-        let Some(account) = key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty()) else {
+        let Some(account) = key
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .filter(|k| !k.is_empty())
+        else {
             return Applied::Invalid("record has no account id key".into());
         };
         let mut accounts = self.accounts.write().expect("settings lock");
@@ -64,7 +75,10 @@ impl SettingsCache {
         }
         if let Some(cached) = accounts.get(account) {
             if settings.version < cached.version {
-                return Applied::Stale { cached: cached.version, received: settings.version };
+                return Applied::Stale {
+                    cached: cached.version,
+                    received: settings.version,
+                };
             }
         }
         let skipped = settings.skipped.clone();
@@ -73,7 +87,11 @@ impl SettingsCache {
     }
 
     pub fn get(&self, account: &str) -> Option<Arc<AccountSettings>> {
-        self.accounts.read().expect("settings lock").get(account).cloned()
+        self.accounts
+            .read()
+            .expect("settings lock")
+            .get(account)
+            .cloned()
     }
 
     /// The channel as configured now (settings are read at send time, so a corrected URL
@@ -112,18 +130,42 @@ mod tests {
     #[test]
     fn versions_only_grow_and_tombstones_remove() {
         let cache = SettingsCache::new(Arc::new(Metrics::new()));
-        assert!(matches!(cache.apply(Some(b"acc"), Some(&record(5, "http://a"))), Applied::Updated { .. }));
-        assert_eq!(cache.apply(Some(b"acc"), Some(&record(4, "http://old"))), Applied::Stale { cached: 5, received: 4 });
+        assert!(matches!(
+            cache.apply(Some(b"acc"), Some(&record(5, "http://a"))),
+            Applied::Updated { .. }
+        ));
+        assert_eq!(
+            cache.apply(Some(b"acc"), Some(&record(4, "http://old"))),
+            Applied::Stale {
+                cached: 5,
+                received: 4
+            }
+        );
         assert_eq!(url(&cache), "http://a");
-        assert!(matches!(cache.apply(Some(b"acc"), Some(&record(6, "http://b"))), Applied::Updated { .. }));
+        assert!(matches!(
+            cache.apply(Some(b"acc"), Some(&record(6, "http://b"))),
+            Applied::Updated { .. }
+        ));
         assert_eq!(url(&cache), "http://b");
         assert_eq!(cache.apply(Some(b"acc"), None), Applied::Removed);
         assert!(cache.get("acc").is_none());
-        assert!(matches!(cache.apply(Some(b"acc"), Some(&record(1, "http://c"))), Applied::Updated { .. }));
+        assert!(matches!(
+            cache.apply(Some(b"acc"), Some(&record(1, "http://c"))),
+            Applied::Updated { .. }
+        ));
         assert_eq!(cache.apply(Some(b"acc"), Some(b"")), Applied::Removed);
-        assert!(matches!(cache.apply(Some(b"acc"), Some(b"{nope")), Applied::Invalid(_)));
-        assert!(matches!(cache.apply(None, Some(&record(1, "x"))), Applied::Invalid(_)));
-        assert!(matches!(cache.apply(Some(b"other"), Some(&record(9, "x"))), Applied::Invalid(_)));
+        assert!(matches!(
+            cache.apply(Some(b"acc"), Some(b"{nope")),
+            Applied::Invalid(_)
+        ));
+        assert!(matches!(
+            cache.apply(None, Some(&record(1, "x"))),
+            Applied::Invalid(_)
+        ));
+        assert!(matches!(
+            cache.apply(Some(b"other"), Some(&record(9, "x"))),
+            Applied::Invalid(_)
+        ));
         assert!(cache.is_empty());
     }
 }

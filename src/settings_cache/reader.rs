@@ -14,7 +14,10 @@ use super::{Applied, SettingsCache};
 use crate::kafka::context::ServiceContext;
 
 /// Assigns every partition of `topic` from the beginning and returns the end offsets to reach.
-pub fn assign_all(consumer: &StreamConsumer<ServiceContext>, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
+pub fn assign_all(
+    consumer: &StreamConsumer<ServiceContext>,
+    topic: &str,
+) -> anyhow::Result<HashMap<i32, i64>> {
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
@@ -23,7 +26,10 @@ pub fn assign_all(consumer: &StreamConsumer<ServiceContext>, topic: &str) -> any
         .find(|t| t.name() == topic)
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
-    anyhow::ensure!(!partitions.is_empty(), "config topic {topic} has no partitions");
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "config topic {topic} has no partitions"
+    );
     let mut tpl = TopicPartitionList::new();
     let mut targets = HashMap::new();
     for p in partitions {

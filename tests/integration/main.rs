@@ -1,0 +1,8 @@
+//! The integration test binary: the service against a real broker process (Tansu, started
+//! by the harness unless `SYSMOS_TEST_BROKERS` names one), recording HTTP receivers, the CLI,
+//! and the published schemas.
+
+mod cli;
+mod common;
+mod pipeline;
+mod schemas;
