@@ -32,6 +32,8 @@ pub fn group_consumer(settings: &KafkaSettings, group_id: &str) -> ClientConfig 
         // A new group must not skip events produced before it first joined.
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "2000")
+        // Topics that appear later (a new upstream product) match the regexes within 30s.
+        .set("topic.metadata.refresh.interval.ms", "30000")
         // Bounded prefetch: memory stays flat however deep the backlog.
         .set("queued.max.messages.kbytes", "16384");
     passthrough(&mut config, settings);

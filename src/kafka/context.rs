@@ -68,6 +68,17 @@ impl ClientContext for ServiceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+            // The subscription was resolved and matched no topic yet: the consumer is as
+            // joined as it can be, and picks topics up when they appear (metadata refresh).
+            if !self.joined.swap(true, Ordering::AcqRel) {
+                tracing::info!(
+                    role = self.role,
+                    "no topic matches the subscription yet; waiting for one: {reason}"
+                );
+            }
+            return;
+        }
         tracing::warn!(target: "librdkafka", role = self.role, %error, "{reason}");
     }
 

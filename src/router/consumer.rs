@@ -44,6 +44,12 @@ impl Router {
             };
             let message = match received {
                 Ok(message) => message,
+                Err(error)
+                    if error.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition) =>
+                {
+                    continue; // no event topic matches yet; reported by the consumer context
+                }
                 Err(error) => {
                     tracing::warn!(%error, "event consumer error");
                     continue;
