@@ -56,13 +56,29 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(brokers = %kafka.brokers, prefix = %kafka.topic_prefix, tiers = topics.retry.len(),
         "starting sysmos-notify {}", env!("CARGO_PKG_VERSION"));
 
-    let admin: AdminClient<DefaultClientContext> = kafka::client::admin(kafka).create()?;
+    let admin: Arc<AdminClient<DefaultClientContext>> =
+        Arc::new(kafka::client::admin(kafka).create()?);
     let mut backoff = Duration::from_millis(500);
     loop {
-        match kafka::topics::ensure(&admin, &topics, kafka.partitions).await {
+        // Probe with a bounded, blocking metadata request first: an admin request against an
+        // unreachable cluster does not give way to shutdown, a 5s metadata probe does.
+        let probe = admin.clone();
+        let reachable = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = tokio::task::spawn_blocking(move || probe.inner().fetch_metadata(None, Duration::from_secs(5))) => r,
+        };
+        let attempt = match reachable {
+            Ok(Ok(_)) => kafka::topics::ensure(&admin, &topics, kafka.partitions).await,
+            Ok(Err(error)) => Err(anyhow::anyhow!(
+                "Kafka at {} not reachable: {error}",
+                kafka.brokers
+            )),
+            Err(error) => Err(anyhow::anyhow!("metadata probe failed: {error}")),
+        };
+        match attempt {
             Ok(()) => break,
             Err(error) => {
-                tracing::warn!(%error, "cannot set up topics yet; retrying in {backoff:?}")
+                tracing::warn!("cannot set up topics yet: {error:#}; retrying in {backoff:?}")
             }
         }
         tokio::select! {

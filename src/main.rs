@@ -61,7 +61,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = sysmos_notify::shutdown::on_signal();
-        sysmos_notify::run(settings, shutdown).await
+        // On a worker thread: the service's futures then run like every other task.
+        match tokio::spawn(sysmos_notify::run(settings, shutdown)).await {
+            Ok(result) => result,
+            Err(panic) => Err(anyhow::anyhow!("the service task failed: {panic}")),
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! Alert events produced upstream (CONTRACT §3): validation into a typed view that keeps
 //! every field of the original JSON, in order, so unknown fields are passed on untouched.
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -205,15 +205,6 @@ impl From<Event> for Map<String, Value> {
     fn from(event: Event) -> Self {
         event.raw
     }
-}
-
-/// Seconds since the epoch of the event's `occurred_at`.
-pub fn occurred_at(event: &Event) -> DateTime<Utc> {
-    event.raw["occurred_at"]
-        .as_str()
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
-        .expect("validated")
 }
 
 #[cfg(test)]

@@ -150,6 +150,27 @@ async fn delivers_the_seed_webhook_signed_with_custom_headers() {
         1.0,
     )
     .await;
+    // Lag per assigned partition, from librdkafka statistics: the events topic and the delivery topics.
+    let (svc, setup_ref) = (&service, &setup);
+    let lag_series = until(WAIT, "consumer lag gauges", move || async move {
+        let setup = setup_ref;
+        let (_, text) = svc.get("/metrics").await?;
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("sysmos_notify_consumer_lag{"))
+            .map(str::to_owned)
+            .collect();
+        let has = |t: &str| lines.iter().any(|l| l.contains(&format!("topic=\"{t}\"")));
+        (has(&setup.events_topic)
+            && has(&setup.topic("deliveries"))
+            && has(&setup.topic("retry.1")))
+        .then_some(lines)
+    })
+    .await;
+    assert!(
+        lag_series.iter().all(|l| l.contains("partition=\"")),
+        "{lag_series:?}"
+    );
     let deliveries = read_all(&setup.topic("deliveries"));
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].key(), Some(&b"acc:hook"[..]));
@@ -526,5 +547,30 @@ async fn sigterm_drains_and_exits_zero_losing_nothing() {
         receiver.count(),
         total,
         "in-flight work was finished and committed, not repeated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_but_not_ready_without_a_broker() {
+    let port = crate::common::free_port();
+    let dead_broker = crate::common::free_port();
+    let config = crate::common::write_file(&format!(
+        "[kafka]\nbrokers = \"127.0.0.1:{dead_broker}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    let mut service = Service::start(config.path().to_path_buf(), port);
+    let svc = &service;
+    until(WAIT, "/healthz", move || async move {
+        svc.get("/healthz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let (status, body) = service.get("/readyz").await.unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("settings cache"), "{body}");
+    service.signal(libc::SIGTERM);
+    assert_eq!(
+        service.wait_exit(Duration::from_secs(20)).await,
+        Some(0),
+        "log:\n{}",
+        service.logs()
     );
 }
