@@ -68,21 +68,21 @@ async fn requests_reach(receiver: &Receiver, n: usize) -> Vec<crate::common::rec
     .await
 }
 
-async fn dead_letters(setup: &Setup, n: usize) -> Vec<Value> {
-    let topic = setup.topic("dlq");
-    until(WAIT, &format!("{n} dead letters"), || {
-        let topic = topic.clone();
-        async move {
-            let records = read_all(&topic);
-            (records.len() >= n).then(|| {
-                records
-                    .iter()
-                    .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
-                    .collect()
-            })
-        }
+/// Every record of `topic` once it holds at least `n`.
+async fn records(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    until(WAIT, &format!("{n} records in {topic}"), || async move {
+        let records = read_all(topic);
+        (records.len() >= n).then_some(records)
     })
     .await
+}
+
+async fn dead_letters(setup: &Setup, n: usize) -> Vec<Value> {
+    let letters = records(&setup.topic("dlq"), n).await;
+    letters
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+        .collect()
 }
 
 /// The Standard Webhooks check as a receiver would write it, independent of the service's code.
@@ -294,15 +294,7 @@ async fn bad_events_are_rejected_and_the_next_one_delivered() {
     setup.send_event(&seed_event("evt_ok", "acc")).await;
     let request = requests_reach(&receiver, 1).await.remove(0);
     assert_eq!(request.json()["event"], "monitor.down");
-    let topic = setup.topic("rejected");
-    let rejected = until(WAIT, "5 rejected", || {
-        let topic = topic.clone();
-        async move {
-            let r = read_all(&topic);
-            (r.len() >= 5).then_some(r)
-        }
-    })
-    .await;
+    let rejected = records(&setup.topic("rejected"), 5).await;
     assert_eq!(rejected.len(), 5);
     let mut reasons = Vec::new();
     for m in &rejected {
