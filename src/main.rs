@@ -61,11 +61,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = sysmos_notify::shutdown::on_signal();
-        // On a worker thread: the service's futures then run like every other task.
-        match tokio::spawn(sysmos_notify::run(settings, shutdown)).await {
-            Ok(result) => result,
-            Err(panic) => Err(anyhow::anyhow!("the service task failed: {panic}")),
-        }
+        sysmos_notify::run(settings, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

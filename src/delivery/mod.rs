@@ -17,7 +17,6 @@ pub struct Channels {
     pub http: reqwest::Client,
     pub timeout: Duration,
     pub allow_private_targets: bool,
-    pub dashboard_base: String,
 }
 
 impl Channels {
@@ -26,7 +25,6 @@ impl Channels {
             http: http::client(settings.delivery.timeout),
             timeout: settings.delivery.timeout,
             allow_private_targets: settings.delivery.allow_private_targets,
-            dashboard_base: settings.dashboard_base().to_owned(),
         }
     }
 

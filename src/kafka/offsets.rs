@@ -38,10 +38,6 @@ impl PartitionProgress {
         self.stored = Some(candidate);
         Some(candidate)
     }
-
-    pub fn in_flight(&self) -> usize {
-        self.pending.len()
-    }
 }
 
 /// The partitions a consumer owns now, each with the generation of its assignment.
@@ -106,10 +102,6 @@ impl Assignment {
 
     pub fn owns(&self, topic: &str, partition: i32) -> bool {
         self.partitions.contains_key(&(topic.to_owned(), partition))
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|(_, p)| p.in_flight()).sum()
     }
 }
 
