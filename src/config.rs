@@ -234,6 +234,11 @@ impl Settings {
                 "scheme must be smtp:// or smtps://",
             ));
         }
+        if let Err(e) = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(
+            &self.channels.email.smtp_url,
+        ) {
+            return Err(ConfigError::key("channels.email.smtp_url", e));
+        }
         self.channels
             .email
             .from

@@ -10,11 +10,13 @@ pub mod delivery;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
+pub mod render;
 pub mod retry;
 pub mod router;
 pub mod settings_cache;
 pub mod shutdown;
 pub mod telemetry;
+pub mod verify;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
+use rdkafka::Message;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::retry::consumer::Deliverer;
 use crate::router::consumer::Router;
 use crate::settings_cache::SettingsCache;
+use crate::verify::consumer::Verifier;
 
 /// Runs the service until `shutdown` is cancelled, then drains in-flight work, commits and
 /// returns. Errors are start-up failures an operator must fix (bad address, broker refusing).
@@ -93,23 +97,44 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let cache = Arc::new(SettingsCache::new(metrics.clone()));
 
     // Settings first: routing before the cache is complete would drop alerts as unroutable.
+    // The verification markers too: the verifier must know what was sent before it sends.
     let settings_consumer = GroupConsumer::from_config_and_context(
         &kafka::client::reader(kafka, &format!("{}.settings", kafka.group_id)),
         ServiceContext::new("settings", metrics.clone(), Arc::default()),
     )?;
-    let targets = settings_cache::reader::assign_all(&settings_consumer, &topics.config)?;
-    let (loaded_tx, mut loaded_rx) = watch::channel(false);
-    let reader = tokio::spawn(settings_cache::reader::run(
+    let targets = kafka::table::assign_all(&settings_consumer, &topics.config)?;
+    let (settings_tx, mut settings_rx) = watch::channel(false);
+    let table_cache = cache.clone();
+    let reader = tokio::spawn(kafka::table::run(
         settings_consumer,
         topics.config.clone(),
         targets,
-        cache.clone(),
-        loaded_tx,
+        move |message| table_cache.apply_logged(message),
+        settings_tx,
+        shutdown.clone(),
+    ));
+    let sent = Arc::new(verify::Sent::default());
+    let markers_consumer = GroupConsumer::from_config_and_context(
+        &kafka::client::reader(kafka, &format!("{}.verifications", kafka.group_id)),
+        ServiceContext::new("verifications", metrics.clone(), Arc::default()),
+    )?;
+    let targets = kafka::table::assign_all(&markers_consumer, &topics.verifications)?;
+    let (markers_tx, mut markers_rx) = watch::channel(false);
+    let table_sent = sent.clone();
+    let markers = tokio::spawn(kafka::table::run(
+        markers_consumer,
+        topics.verifications.clone(),
+        targets,
+        move |message| table_sent.apply(message.key(), message.payload()),
+        markers_tx,
         shutdown.clone(),
     ));
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        _ = loaded_rx.wait_for(|loaded| *loaded) => readiness.settings_loaded.store(true, Ordering::Release),
+        _ = async {
+            let _ = settings_rx.wait_for(|loaded| *loaded).await;
+            let _ = markers_rx.wait_for(|loaded| *loaded).await;
+        } => readiness.settings_loaded.store(true, Ordering::Release),
     }
 
     let router_consumer = Arc::new(GroupConsumer::from_config_and_context(
@@ -127,6 +152,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ),
     )?);
     deliverer_consumer.subscribe(&topics.delivery_topics())?;
+    let verifier_consumer = Arc::new(GroupConsumer::from_config_and_context(
+        &kafka::client::group_consumer(kafka, &format!("{}.verifications", kafka.group_id)),
+        ServiceContext::new("verifier", metrics.clone(), Arc::default()),
+    )?);
+    verifier_consumer.subscribe(&[&topics.config])?;
 
     // In-flight HTTP requests end within the timeout; the rest is writing their outcomes.
     let drain = settings.delivery.timeout + Duration::from_secs(5);
@@ -136,11 +166,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         output: output.clone(),
         metrics: metrics.clone(),
     });
+    let channels = Arc::new(Channels::new(&settings)?);
+    let verifier = Verifier {
+        topic: topics.verifications.clone(),
+        sent,
+        mailer: channels.mailer.clone(),
+        output: output.clone(),
+        metrics: metrics.clone(),
+        delays: settings.retry.delays.clone(),
+    };
     let deliverer = Arc::new(Deliverer {
         topics: topics.clone(),
         delays: settings.retry.delays.clone(),
         cache,
-        channels: Arc::new(Channels::new(&settings)),
+        channels,
         output: output.clone(),
         metrics,
         permits: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
@@ -149,14 +188,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let routing = tokio::spawn(router.run(router_consumer.clone(), shutdown.clone(), drain));
     let delivering =
         tokio::spawn(deliverer.run(deliverer_consumer.clone(), shutdown.clone(), drain));
-    let _ = tokio::join!(routing, delivering);
+    let verifying = tokio::spawn(verifier.run(verifier_consumer.clone(), shutdown.clone()));
+    let _ = tokio::join!(routing, delivering, verifying);
 
     commit_stored(&router_consumer, "router");
     commit_stored(&deliverer_consumer, "deliverer");
+    commit_stored(&verifier_consumer, "verifier");
     output.flush(Duration::from_secs(10));
     drop(router_consumer);
     drop(deliverer_consumer);
-    let _ = tokio::join!(reader, admin_server);
+    drop(verifier_consumer);
+    let _ = tokio::join!(reader, markers, admin_server);
     tracing::info!("stopped: in-flight work finished and offsets committed");
     Ok(())
 }

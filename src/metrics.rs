@@ -32,6 +32,24 @@ pub enum ConfigOutcome {
     Invalid,
 }
 
+/// What became of one verification email (`sent`, `refused` by the server, `failed` after retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerificationOutcome {
+    Sent,
+    Refused,
+    Failed,
+}
+
+impl VerificationOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerificationOutcome::Sent => "sent",
+            VerificationOutcome::Refused => "refused",
+            VerificationOutcome::Failed => "failed",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     events: IntCounterVec,
@@ -40,6 +58,7 @@ pub struct Metrics {
     lag: IntGaugeVec,
     accounts: IntGauge,
     config_records: IntCounterVec,
+    verifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,6 +112,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let verifications = IntCounterVec::new(
+            Opts::new(
+                "sysmos_notify_verification_emails_total",
+                "Verification emails to newly added recipients, by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(deliveries.clone()),
@@ -100,6 +127,7 @@ impl Metrics {
             Box::new(lag.clone()),
             Box::new(accounts.clone()),
             Box::new(config_records.clone()),
+            Box::new(verifications.clone()),
         ] {
             registry
                 .register(collector)
@@ -117,6 +145,9 @@ impl Metrics {
         for outcome in ["applied", "stale", "removed", "invalid"] {
             config_records.with_label_values(&[outcome]);
         }
+        for outcome in ["sent", "refused", "failed"] {
+            verifications.with_label_values(&[outcome]);
+        }
         Self {
             registry,
             events,
@@ -125,7 +156,14 @@ impl Metrics {
             lag,
             accounts,
             config_records,
+            verifications,
         }
+    }
+
+    pub fn verification(&self, outcome: VerificationOutcome) {
+        self.verifications
+            .with_label_values(&[outcome.as_str()])
+            .inc();
     }
 
     pub fn event(&self, outcome: EventOutcome) {

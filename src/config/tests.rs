@@ -132,6 +132,11 @@ fn refusals_name_the_key() {
             "channels.email.smtp_url",
         ),
         (
+            "[channels.email]\nsmtp_url = \"smtp://mail.example.com:587?tls=sometimes\"\n",
+            &[],
+            "channels.email.smtp_url",
+        ),
+        (
             "[channels.email]\nfrom = \"not an address\"\n",
             &[],
             "channels.email.from",

@@ -19,6 +19,28 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .expect("static HTTP client configuration is valid")
 }
 
+/// Provider answers are small; a larger body is cut here, never buffered whole.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Reads at most [`MAX_ANSWER_BYTES`] of a response body; a failure mid-body yields what came.
+pub async fn read_limited(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ANSWER_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ANSWER_BYTES {
+            break;
+        }
+    }
+    body
+}
+
+/// A short, single-line excerpt of a provider's answer for error messages.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    crate::render::text::cut(&crate::render::text::one_line(text.trim()), 300)
+}
+
 /// Parses a user-supplied URL and, unless private targets are allowed, refuses hosts that
 /// resolve to loopback, private, link-local or other non-public addresses.
 pub async fn check_target(raw: &str, allow_private: bool) -> Result<Url, Outcome> {

@@ -1,59 +1,96 @@
 //! Sending one delivery to its provider. Each channel type is one file with a `send`
-//! function returning an [`Outcome`]; `Channels::send` is the only place that dispatches.
+//! function returning what happened; `Channels::send` is the only place that dispatches.
+//! What a message says is decided in `crate::render`; these files only do the I/O.
 
+pub mod discord;
+pub mod email;
 pub mod http;
 pub mod outcome;
+pub mod pagerduty;
+pub mod slack;
 pub mod webhook;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use outcome::Outcome;
 
 use crate::config::Settings;
 use crate::model::{Channel, ChannelKind, DeliveryRecord};
+use crate::render::Alert;
 
-/// Shared resources of every channel: the HTTP client and the settings they need.
+/// What one attempt came to, and for email which recipients it reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub outcome: Outcome,
+    pub reached: Vec<String>,
+}
+
+impl From<Outcome> for Sent {
+    fn from(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            reached: Vec::new(),
+        }
+    }
+}
+
+/// Shared resources of every channel: the HTTP client, the SMTP pool and the settings.
 pub struct Channels {
     pub http: reqwest::Client,
+    pub mailer: Arc<email::Mailer>,
     pub timeout: Duration,
     pub allow_private_targets: bool,
+    /// `dashboard.base_url` without a trailing slash.
+    pub dashboard: String,
+    pub slack_api: String,
+    pub pagerduty_events: String,
 }
 
 impl Channels {
-    pub fn new(settings: &Settings) -> Self {
-        Self {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
             http: http::client(settings.delivery.timeout),
+            mailer: Arc::new(email::Mailer::new(
+                &settings.channels.email,
+                settings.delivery.timeout,
+            )?),
             timeout: settings.delivery.timeout,
             allow_private_targets: settings.delivery.allow_private_targets,
-        }
-    }
-
-    /// Whether this version delivers to the channel's type; the router routes only to those.
-    pub fn supports(kind: &ChannelKind) -> bool {
-        match kind {
-            ChannelKind::Webhook { .. } => true,
-            ChannelKind::Slack { .. }
-            | ChannelKind::Discord { .. }
-            | ChannelKind::Email { .. }
-            | ChannelKind::PagerDuty { .. } => false,
-        }
+            dashboard: settings.dashboard_base().to_owned(),
+            slack_api: settings
+                .channels
+                .slack
+                .api_base_url
+                .trim_end_matches('/')
+                .to_owned(),
+            pagerduty_events: settings.channels.pagerduty.events_url.clone(),
+        })
     }
 
     /// Makes one attempt; never panics on what a provider answers.
-    pub async fn send(&self, channel: &Channel, record: &DeliveryRecord) -> Outcome {
+    pub async fn send(&self, channel: &Channel, record: &DeliveryRecord) -> Sent {
+        let alert = Alert::new(&record.event, &self.dashboard);
         match &channel.kind {
             ChannelKind::Webhook {
                 url,
                 headers,
                 secret,
-            } => webhook::send(self, record, url, headers, secret.as_ref()).await,
-            ChannelKind::Slack { .. }
-            | ChannelKind::Discord { .. }
-            | ChannelKind::Email { .. }
-            | ChannelKind::PagerDuty { .. } => Outcome::permanent(format!(
-                "channel type `{}` is not delivered by this version of sysmos-notify",
-                channel.kind.name()
-            )),
+            } => webhook::send(self, record, url, headers, secret.as_ref())
+                .await
+                .into(),
+            ChannelKind::Slack { bot_token, channel } => {
+                slack::send(self, &alert, bot_token, channel).await.into()
+            }
+            ChannelKind::Discord { webhook_url } => {
+                discord::send(self, &alert, webhook_url).await.into()
+            }
+            ChannelKind::PagerDuty { integration_key } => {
+                pagerduty::send(self, &alert, integration_key).await.into()
+            }
+            ChannelKind::Email { recipients } => {
+                email::send(&self.mailer, record, &alert, recipients).await
+            }
         }
     }
 }

@@ -5,4 +5,5 @@ pub mod client;
 pub mod context;
 pub mod offsets;
 pub mod producer;
+pub mod table;
 pub mod topics;

@@ -19,6 +19,8 @@ pub struct Topics {
     pub retry: Vec<String>,
     pub dlq: String,
     pub rejected: String,
+    /// Compacted: the verification emails already sent, keyed by (address, URL) hash.
+    pub verifications: String,
 }
 
 impl Topics {
@@ -29,6 +31,7 @@ impl Topics {
             retry: (1..=tiers).map(|k| format!("{prefix}.retry.{k}")).collect(),
             dlq: format!("{prefix}.dlq"),
             rejected: format!("{prefix}.rejected"),
+            verifications: format!("{prefix}.verifications"),
         }
     }
 
@@ -70,6 +73,12 @@ pub async fn ensure(
     let mut wanted = vec![
         NewTopic::new(&topics.config, partitions, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact"),
+        NewTopic::new(
+            &topics.verifications,
+            partitions,
+            TopicReplication::Fixed(-1),
+        )
+        .set("cleanup.policy", "compact"),
         NewTopic::new(&topics.deliveries, partitions, TopicReplication::Fixed(-1)),
         NewTopic::new(&topics.dlq, partitions, TopicReplication::Fixed(-1))
             .set("retention.ms", LONG_RETENTION_MS),
@@ -99,6 +108,7 @@ mod tests {
     fn names_and_tiers() {
         let t = Topics::new("sysmos.notify", 3);
         assert_eq!(t.config, "sysmos.notify.config");
+        assert_eq!(t.verifications, "sysmos.notify.verifications");
         assert_eq!(
             t.retry,
             [

@@ -54,6 +54,10 @@ pub struct Attempt {
     pub status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Email: the recipients this attempt reached. A retry skips everyone reached before,
+    /// so a partial failure never mails the same alert twice to the same address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reached: Vec<String>,
 }
 
 /// What `P.dlq` holds: the delivery with every attempt, and why it stopped.

@@ -180,9 +180,19 @@ impl ChannelKind {
 }
 
 impl Channel {
+    /// Whether the channel can receive anything now: enabled and, for email, with at least
+    /// one verified recipient (unverified ones get no alerts until verified).
+    pub fn deliverable(&self) -> bool {
+        self.enabled
+            && match &self.kind {
+                ChannelKind::Email { recipients } => recipients.iter().any(|r| r.verified),
+                _ => true,
+            }
+    }
+
     /// Whether this channel wants the event: enabled, type matches, severity high enough.
     pub fn accepts(&self, event: &Event) -> bool {
-        self.enabled
+        self.deliverable()
             && event.severity() >= self.min_severity
             && (self.events.is_empty() || self.events.iter().any(|p| glob_match(p, event.kind())))
     }

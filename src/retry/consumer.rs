@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{next_step, Step};
-use crate::delivery::{Channels, Outcome};
+use crate::delivery::{Channels, Outcome, Sent};
 use crate::kafka::context::{begin, finish, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::{OutRecord, Output};
@@ -122,10 +122,10 @@ impl Deliverer {
         let Some(channel) = self
             .cache
             .channel(&record.account_id, &record.channel_id)
-            .filter(|c| c.enabled)
+            .filter(|c| c.deliverable())
         else {
             tracing::info!(account = %record.account_id, channel = %record.channel_id, delivery = %record.delivery_id,
-                "channel removed or disabled; delivery dropped");
+                "channel removed, disabled or without a verified recipient; delivery dropped");
             self.metrics
                 .delivery(&record.channel_type, DeliveryOutcome::Dropped);
             finish(&consumer, &pos);
@@ -134,12 +134,16 @@ impl Deliverer {
         let kind = channel.kind.name();
         let at = Utc::now();
         let started = Instant::now();
-        let outcome = self.channels.send(&channel, &record).await;
+        let Sent { outcome, reached } = self.channels.send(&channel, &record).await;
         let elapsed = started.elapsed();
         self.metrics.request_duration(kind, elapsed.as_secs_f64());
-        record
-            .attempts
-            .push(attempt_of(&outcome, record.next_attempt(), at, elapsed));
+        record.attempts.push(attempt_of(
+            &outcome,
+            record.next_attempt(),
+            at,
+            elapsed,
+            reached,
+        ));
         let attempt = record.attempts.len();
         let step = next_step(&outcome, tier, &self.delays, Utc::now());
         let (written, counted) = match &step {
@@ -224,6 +228,7 @@ fn attempt_of(
     number: u32,
     at: chrono::DateTime<Utc>,
     elapsed: Duration,
+    reached: Vec<String>,
 ) -> Attempt {
     let (kind, error) = match outcome {
         Outcome::Delivered { .. } => (AttemptOutcome::Delivered, None),
@@ -237,6 +242,7 @@ fn attempt_of(
         outcome: kind,
         status: outcome.status(),
         error,
+        reached,
     }
 }
 

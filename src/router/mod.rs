@@ -5,7 +5,6 @@ pub mod consumer;
 
 use chrono::{DateTime, Utc};
 
-use crate::delivery::Channels;
 use crate::model::{DeliveryRecord, Event};
 use crate::settings_cache::SettingsCache;
 
@@ -31,7 +30,7 @@ pub fn decide(payload: Option<&[u8]>, cache: &SettingsCache, now: DateTime<Utc>)
     let deliveries: Vec<DeliveryRecord> = settings
         .channels
         .iter()
-        .filter(|channel| channel.accepts(&event) && Channels::supports(&channel.kind))
+        .filter(|channel| channel.accepts(&event))
         .map(|channel| DeliveryRecord::new(&event, channel, now))
         .collect();
     if deliveries.is_empty() {

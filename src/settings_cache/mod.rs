@@ -1,10 +1,11 @@
 //! The in-memory cache of account settings, fed in order from the compacted config topic:
 //! a higher `version` replaces, a lower one is ignored, a tombstone removes.
 
-pub mod reader;
-
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message;
 
 use crate::metrics::{ConfigOutcome, Metrics};
 use crate::model::{AccountSettings, Channel};
@@ -30,6 +31,31 @@ pub enum Applied {
 }
 
 impl SettingsCache {
+    /// Applies one record of the config topic and logs what it did (never a secret).
+    pub fn apply_logged(&self, message: &BorrowedMessage<'_>) {
+        let key = message
+            .key()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default()
+            .into_owned();
+        match self.apply(message.key(), message.payload()) {
+            Applied::Updated { skipped } => {
+                tracing::debug!(account = %key, "settings updated");
+                for reason in skipped {
+                    tracing::warn!(account = %key, "channel skipped: {reason}");
+                }
+            }
+            Applied::Stale { cached, received } => {
+                tracing::info!(account = %key, cached, received, "older settings version ignored")
+            }
+            Applied::Removed => tracing::info!(account = %key, "settings removed (tombstone)"),
+            Applied::Invalid(reason) => tracing::error!(
+                account = %key, offset = message.offset(), partition = message.partition(),
+                "config record ignored: {reason}"
+            ),
+        }
+    }
+
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             accounts: RwLock::default(),

@@ -2,7 +2,10 @@
 //! by the harness unless `SYSMOS_TEST_BROKERS` names one), recording HTTP receivers, the CLI,
 //! and the published schemas.
 
+mod channels;
 mod cli;
 mod common;
+mod email;
 mod pipeline;
+mod render;
 mod schemas;

@@ -6,12 +6,13 @@ use std::path::Path;
 use serde_json::Value;
 use sysmos_notify::model::{AccountSettings, DeadLetter, DeliveryRecord, Event};
 
-const SCHEMAS: [&str; 5] = [
+const SCHEMAS: [&str; 6] = [
     "event.schema.json",
     "account-settings.schema.json",
     "delivery.schema.json",
     "dead-letter.schema.json",
     "webhook-body.schema.json",
+    "verification-marker.schema.json",
 ];
 
 fn load(name: &str) -> Value {
@@ -22,7 +23,7 @@ fn load(name: &str) -> Value {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-fn validator(name: &str) -> jsonschema::Validator {
+pub fn validator(name: &str) -> jsonschema::Validator {
     let mut options = jsonschema::options().should_validate_formats(true);
     for other in SCHEMAS {
         let schema = load(other);
@@ -113,5 +114,20 @@ fn webhook_body_examples_validate() {
     let v = validator("webhook-body.schema.json");
     for example in examples("webhook-body.schema.json") {
         assert_valid(&v, "webhook body", &example);
+    }
+}
+
+#[test]
+fn verification_marker_examples_validate_and_round_trip() {
+    let v = validator("verification-marker.schema.json");
+    for example in examples("verification-marker.schema.json") {
+        assert_valid(&v, "verification marker", &example);
+        let marker: sysmos_notify::verify::Marker =
+            serde_json::from_value(example.clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&marker).unwrap(),
+            example,
+            "round trip"
+        );
     }
 }

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod receiver;
+pub mod scenario;
+pub mod smtp;
 
 use std::io::Write;
 use std::net::TcpListener;

@@ -1,4 +1,5 @@
-//! A local HTTP endpoint that records every request and answers from a script of statuses.
+//! A local HTTP endpoint that records every request and answers from scripts: a default
+//! script, and scripts for requests whose path or body contains a given text.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -25,17 +26,76 @@ impl Recorded {
     }
 }
 
-#[derive(Default)]
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: "{}".into(),
+        }
+    }
+
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body: body.to_string(),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+}
+
+/// Answers in order, then `then` for every later request.
+#[derive(Debug, Clone)]
+struct Script {
+    first: VecDeque<Reply>,
+    then: Reply,
+}
+
+impl Script {
+    fn next(&mut self) -> Reply {
+        self.first.pop_front().unwrap_or_else(|| self.then.clone())
+    }
+}
+
 struct State {
     requests: Vec<Recorded>,
-    script: VecDeque<u16>,
-    default: u16,
+    script: Script,
+    /// (needle, script): the first whose needle the path or body contains answers.
+    rules: Vec<(String, Script)>,
     delay: std::time::Duration,
+}
+
+impl State {
+    fn reply(&mut self, request: &Recorded) -> Reply {
+        let body = String::from_utf8_lossy(&request.body);
+        for (needle, script) in &mut self.rules {
+            if request.path.contains(needle.as_str()) || body.contains(needle.as_str()) {
+                return script.next();
+            }
+        }
+        self.script.next()
+    }
 }
 
 #[derive(Clone)]
 pub struct Receiver {
+    /// `{base}/hook`, for webhooks.
     pub url: String,
+    /// `http://127.0.0.1:port`, for API base URLs.
+    pub base: String,
     state: Arc<Mutex<State>>,
 }
 
@@ -43,10 +103,16 @@ impl Receiver {
     /// Starts on a free port, answering 200 until told otherwise.
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("{base}/hook");
         let state = Arc::new(Mutex::new(State {
-            default: 200,
-            ..State::default()
+            requests: Vec::new(),
+            script: Script {
+                first: VecDeque::new(),
+                then: Reply::status(200),
+            },
+            rules: Vec::new(),
+            delay: std::time::Duration::ZERO,
         }));
         let shared = state.clone();
         tokio::spawn(async move {
@@ -75,24 +141,26 @@ impl Receiver {
                                     .await
                                     .map(|b| b.to_bytes().to_vec())
                                     .unwrap_or_default();
-                                let (status, delay) = {
+                                let (reply, delay) = {
                                     let mut s = state.lock().unwrap();
-                                    s.requests.push(Recorded {
+                                    let recorded = Recorded {
                                         at: Instant::now(),
                                         method,
                                         path,
                                         headers,
                                         body,
-                                    });
-                                    let default = s.default;
-                                    (s.script.pop_front().unwrap_or(default), s.delay)
+                                    };
+                                    let reply = s.reply(&recorded);
+                                    s.requests.push(recorded);
+                                    (reply, s.delay)
                                 };
                                 tokio::time::sleep(delay).await;
+                                let mut response = Response::builder().status(reply.status);
+                                for (name, value) in reply.headers {
+                                    response = response.header(name, value);
+                                }
                                 Ok::<_, Infallible>(
-                                    Response::builder()
-                                        .status(status)
-                                        .body(Full::new(Bytes::from_static(b"{}")))
-                                        .unwrap(),
+                                    response.body(Full::new(Bytes::from(reply.body))).unwrap(),
                                 )
                             }
                         });
@@ -102,14 +170,36 @@ impl Receiver {
                 });
             }
         });
-        Self { url, state }
+        Self { url, base, state }
     }
 
     /// Answers `first` in order, then `then` for every later request.
     pub fn respond(&self, first: &[u16], then: u16) {
-        let mut s = self.state.lock().unwrap();
-        s.script = first.iter().copied().collect();
-        s.default = then;
+        self.state.lock().unwrap().script = Script {
+            first: first.iter().map(|s| Reply::status(*s)).collect(),
+            then: Reply::status(then),
+        };
+    }
+
+    /// Requests whose path or body contains `needle` are answered `first` in order, then `then`.
+    pub fn respond_when(&self, needle: &str, first: Vec<Reply>, then: Reply) {
+        self.state.lock().unwrap().rules.push((
+            needle.to_owned(),
+            Script {
+                first: first.into(),
+                then,
+            },
+        ));
+    }
+
+    /// The requests whose path or body contains `needle`.
+    pub fn requests_with(&self, needle: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r.path.contains(needle) || String::from_utf8_lossy(&r.body).contains(needle)
+            })
+            .collect()
     }
 
     /// Holds every answer this long (a slow endpoint).

@@ -1,17 +1,17 @@
-//! Reads the config topic from the beginning at every start and follows it; reports when
-//! it has caught up with the end offsets seen at start (the `/readyz` condition).
+//! Reads a compacted topic (the config topic, the verification markers) from the beginning
+//! at every start and follows it, handing each record to the table it feeds; reports when it
+//! has caught up with the end offsets seen at start.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Applied, SettingsCache};
-use crate::kafka::context::ServiceContext;
+use super::context::ServiceContext;
 
 /// Assigns every partition of `topic` from the beginning and returns the end offsets to reach.
 pub fn assign_all(
@@ -26,10 +26,7 @@ pub fn assign_all(
         .find(|t| t.name() == topic)
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
-    anyhow::ensure!(
-        !partitions.is_empty(),
-        "config topic {topic} has no partitions"
-    );
+    anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
     let mut tpl = TopicPartitionList::new();
     let mut targets = HashMap::new();
     for p in partitions {
@@ -43,13 +40,13 @@ pub fn assign_all(
     Ok(targets)
 }
 
-/// Applies every record to `cache` until `shutdown`; `loaded` turns true once each partition
+/// Hands every record to `apply` until `shutdown`; `loaded` turns true once each partition
 /// has been read up to its end offset at start.
 pub async fn run(
     consumer: StreamConsumer<ServiceContext>,
     topic: String,
     mut targets: HashMap<i32, i64>,
-    cache: Arc<SettingsCache>,
+    mut apply: impl FnMut(&BorrowedMessage<'_>),
     loaded: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
@@ -57,7 +54,7 @@ pub async fn run(
     let mut last_loaded = false;
     loop {
         if !last_loaded && targets.is_empty() {
-            tracing::info!(accounts = cache.len(), "settings cache loaded from {topic}");
+            tracing::info!("{topic} read up to its end");
             let _ = loaded.send(true);
             last_loaded = true;
         }
@@ -76,28 +73,12 @@ pub async fn run(
                 }
             }
             received = consumer.recv() => match received {
-                Err(error) => tracing::warn!(%error, "reading the config topic failed; retrying"),
+                Err(error) => tracing::warn!(%error, "reading {topic} failed; retrying"),
                 Ok(message) => {
                     if targets.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
                         targets.remove(&message.partition());
                     }
-                    let key = message.key().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
-                    match cache.apply(message.key(), message.payload()) {
-                        Applied::Updated { skipped } => {
-                            tracing::debug!(account = %key, "settings updated");
-                            for reason in skipped {
-                                tracing::warn!(account = %key, "channel skipped: {reason}");
-                            }
-                        }
-                        Applied::Stale { cached, received } => {
-                            tracing::info!(account = %key, cached, received, "older settings version ignored")
-                        }
-                        Applied::Removed => tracing::info!(account = %key, "settings removed (tombstone)"),
-                        Applied::Invalid(reason) => tracing::error!(
-                            account = %key, offset = message.offset(), partition = message.partition(),
-                            "config record ignored: {reason}"
-                        ),
-                    }
+                    apply(&message);
                 }
             }
         }

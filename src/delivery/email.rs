@@ -1,0 +1,230 @@
+//! The email channel: lettre's pooled async SMTP transport (TLS as `smtp_url` says), one
+//! `multipart/alternative` message per verified recipient.
+//!
+//! Each recipient is its own SMTP transaction, so one refused address cannot fail the
+//! others, and the recipients an attempt reached are written into the delivery record: a
+//! retry mails only those not reached yet. An attempt's outcome:
+//! - every remaining recipient accepted → delivered;
+//! - any recipient refused with a 4xx reply, or the server unreachable → retry (the next
+//!   tier mails only the recipients still missing);
+//! - otherwise, any recipient refused with a 5xx reply → dead-lettered, the reason naming
+//!   each refused address, while the recipients that accepted keep their copy.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use super::outcome::Outcome;
+use super::Sent;
+use crate::config::EmailSettings;
+use crate::model::settings::Recipient;
+use crate::model::DeliveryRecord;
+use crate::render::{self, email::Email, Alert};
+
+/// The SMTP connection pool and the sender address.
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+/// Why a recipient did not get the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// 5xx: will not pass for this recipient.
+    pub permanent: bool,
+    /// The server could not be reached at all: every later recipient would fail the same way.
+    pub unreachable: bool,
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+impl Mailer {
+    /// Builds the pool; connections are opened on first use. Must run inside a Tokio runtime.
+    pub fn new(settings: &EmailSettings, timeout: Duration) -> anyhow::Result<Self> {
+        // Never the URL in the error: it may hold the SMTP password.
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&settings.smtp_url)
+            .map_err(|e| anyhow::anyhow!("channels.email.smtp_url is not usable: {e}"))?
+            .timeout(Some(timeout))
+            .pool_config(PoolConfig::new().max_size(16))
+            .build();
+        let from = settings
+            .from
+            .parse()
+            .map_err(|e| anyhow::anyhow!("channels.email.from is not a mailbox: {e}"))?;
+        Ok(Self { transport, from })
+    }
+
+    /// Sends `email` to one address in its own SMTP transaction.
+    pub async fn send(
+        &self,
+        to: &str,
+        email: &Email,
+        delivery_id: Option<&str>,
+    ) -> Result<(), Failure> {
+        let refuse = |reason: String| Failure {
+            permanent: true,
+            unreachable: false,
+            code: None,
+            reason,
+        };
+        let address: Address = to
+            .parse()
+            .map_err(|e| refuse(format!("`{to}` is not an email address: {e}")))?;
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, address))
+            .subject(email.subject.clone())
+            // RFC 3834: auto-responders must not answer an alert.
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("Auto-Submitted"),
+                "auto-generated".to_owned(),
+            ));
+        if let Some(id) = delivery_id {
+            builder = builder.raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("X-Sysmos-Delivery-Id"),
+                id.to_owned(),
+            ));
+        }
+        let message = builder
+            .multipart(MultiPart::alternative_plain_html(
+                email.text.clone(),
+                email.html.clone(),
+            ))
+            .map_err(|e| refuse(format!("cannot build the message: {e}")))?;
+        self.transport
+            .send(message)
+            .await
+            .map(drop)
+            .map_err(|e| classify(&e))
+    }
+}
+
+/// SMTP 5xx will not pass; 4xx, timeouts, TLS and connection failures may.
+pub fn classify(error: &lettre::transport::smtp::Error) -> Failure {
+    let code = error.status().map(u16::from);
+    Failure {
+        permanent: error.is_permanent(),
+        unreachable: !(error.is_permanent() || error.is_transient()),
+        code,
+        reason: error.to_string(),
+    }
+}
+
+/// Sends an alert to each verified recipient not reached by an earlier attempt.
+pub async fn send(
+    mailer: &Mailer,
+    record: &DeliveryRecord,
+    alert: &Alert<'_>,
+    recipients: &[Recipient],
+) -> Sent {
+    let earlier: HashSet<&str> = record
+        .attempts
+        .iter()
+        .flat_map(|a| a.reached.iter().map(String::as_str))
+        .collect();
+    let mut targets: Vec<&str> = Vec::new();
+    for r in recipients.iter().filter(|r| r.verified) {
+        if !earlier.contains(r.address.as_str()) && !targets.contains(&r.address.as_str()) {
+            targets.push(&r.address);
+        }
+    }
+    let content = render::email::alert(alert);
+    let mut reached = Vec::new();
+    let mut failed = Vec::new();
+    for (i, to) in targets.iter().enumerate() {
+        match mailer.send(to, &content, Some(&record.delivery_id)).await {
+            Ok(()) => reached.push((*to).to_owned()),
+            Err(failure) if failure.unreachable => {
+                failed.extend(
+                    targets[i..]
+                        .iter()
+                        .map(|t| ((*t).to_owned(), failure.clone())),
+                );
+                break;
+            }
+            Err(failure) => failed.push(((*to).to_owned(), failure)),
+        }
+    }
+    Sent {
+        outcome: combine(&reached, &failed, earlier.len()),
+        reached,
+    }
+}
+
+/// The attempt's outcome from each recipient's (see the module documentation).
+pub fn combine(reached: &[String], failed: &[(String, Failure)], reached_before: usize) -> Outcome {
+    if failed.is_empty() {
+        return Outcome::Delivered { status: None };
+    }
+    let status = failed.iter().find_map(|(_, f)| f.code);
+    let list = |permanent: bool| {
+        failed
+            .iter()
+            .filter(|(_, f)| f.permanent == permanent)
+            .map(|(to, f)| format!("{to}: {}", f.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let delivered = reached.len() + reached_before;
+    let note = if delivered > 0 {
+        format!(" ({delivered} other recipient(s) have it)")
+    } else {
+        String::new()
+    };
+    if failed.iter().any(|(_, f)| !f.permanent) {
+        return Outcome::Retry {
+            status,
+            error: format!("SMTP delivery failed for {}{note}", list(false)),
+            retry_after: None,
+        };
+    }
+    Outcome::Permanent {
+        status,
+        error: format!("the mail server refused {}{note}", list(true)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(permanent: bool, code: u16) -> Failure {
+        Failure {
+            permanent,
+            unreachable: false,
+            code: Some(code),
+            reason: format!("{code} no"),
+        }
+    }
+
+    #[test]
+    fn partial_refusals() {
+        let a = vec!["a@x.test".to_owned()];
+        assert!(matches!(combine(&a, &[], 0), Outcome::Delivered { .. }));
+        let only_5xx = [("b@x.test".to_owned(), failure(true, 550))];
+        let Outcome::Permanent { status, error } = combine(&a, &only_5xx, 0) else {
+            panic!("a 5xx for a recipient is permanent")
+        };
+        assert_eq!(status, Some(550));
+        assert!(
+            error.contains("b@x.test") && error.contains("1 other recipient"),
+            "{error}"
+        );
+        assert!(matches!(
+            combine(&[], &only_5xx, 0),
+            Outcome::Permanent { .. }
+        ));
+        let mixed = [
+            ("b@x.test".to_owned(), failure(true, 550)),
+            ("c@x.test".to_owned(), failure(false, 451)),
+        ];
+        assert!(
+            matches!(combine(&a, &mixed, 0), Outcome::Retry { .. }),
+            "4xx may pass"
+        );
+    }
+}

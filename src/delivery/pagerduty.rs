@@ -1,0 +1,43 @@
+//! The PagerDuty channel: Events API v2. 202 accepted; 400 will not pass (the event or the
+//! integration key is invalid); 429 and 5xx may pass.
+
+use chrono::Utc;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::Value;
+
+use super::http::{excerpt, read_limited};
+use super::outcome::{classify_status, classify_transport, Outcome};
+use super::Channels;
+use crate::model::Secret;
+use crate::render::{pagerduty, Alert};
+
+pub async fn send(channels: &Channels, alert: &Alert<'_>, integration_key: &Secret) -> Outcome {
+    let mut body = pagerduty::event(alert);
+    body["routing_key"] = Value::String(integration_key.expose().to_owned());
+    let request = channels
+        .http
+        .post(&channels.pagerduty_events)
+        .header(CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).expect("JSON values serialize"));
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            match classify_status(status, &headers, Utc::now()) {
+                Outcome::Permanent { status, error } => {
+                    // PagerDuty says what is wrong (`errors`); it never echoes the key.
+                    let answer = read_limited(response).await;
+                    Outcome::Permanent {
+                        status,
+                        error: format!(
+                            "{error}: PagerDuty refused the event: {}",
+                            excerpt(&answer)
+                        ),
+                    }
+                }
+                other => other,
+            }
+        }
+        Err(error) => classify_transport(&error, channels.timeout),
+    }
+}

@@ -1,0 +1,185 @@
+//! The Slack channel: `chat.postMessage` with the bot token. Slack answers HTTP 200 with
+//! `"ok": false` for most failures, so the answer's `error` decides (CONTRACT §5, §6).
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, CONTENT_TYPE};
+use serde::Deserialize;
+
+use super::http::{excerpt, read_limited};
+use super::outcome::{classify_status, classify_transport, retry_after, Outcome};
+use super::Channels;
+use crate::model::Secret;
+use crate::render::{slack, Alert};
+
+pub async fn send(
+    channels: &Channels,
+    alert: &Alert<'_>,
+    token: &Secret,
+    channel: &str,
+) -> Outcome {
+    let body = slack::message(alert, channel);
+    let request = channels
+        .http
+        .post(format!("{}/chat.postMessage", channels.slack_api))
+        .bearer_auth(token.expose())
+        .header(CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(serde_json::to_vec(&body).expect("JSON values serialize"));
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let answer = read_limited(response).await;
+            classify(status, &headers, &answer, Utc::now())
+        }
+        Err(error) => classify_transport(&error, channels.timeout),
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Slack's `error` strings that may pass; every other error will not.
+const TRANSIENT: [&str; 6] = [
+    "ratelimited",
+    "rate_limited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+];
+
+/// Classifies Slack's answer: a non-200 status by the status table (429 honours
+/// `Retry-After`), then `ok` and `error` of the JSON body.
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: DateTime<Utc>) -> Outcome {
+    if status != 200 {
+        return match classify_status(status, headers, now) {
+            Outcome::Delivered { .. } => Outcome::Retry {
+                status: Some(status),
+                error: format!(
+                    "Slack answered HTTP {status} instead of 200: {}",
+                    excerpt(body)
+                ),
+                retry_after: None,
+            },
+            other => other,
+        };
+    }
+    let answer: Answer = match serde_json::from_slice(body) {
+        Ok(answer) => answer,
+        // A proxy or an outage page, not Slack's API: it may pass.
+        Err(_) => {
+            return Outcome::Retry {
+                status: Some(status),
+                error: format!("Slack's answer is not its API's JSON: {}", excerpt(body)),
+                retry_after: None,
+            }
+        }
+    };
+    if answer.ok {
+        return Outcome::Delivered {
+            status: Some(status),
+        };
+    }
+    let code = answer.error.unwrap_or_else(|| "unknown".into());
+    if TRANSIENT.contains(&code.as_str()) {
+        return Outcome::Retry {
+            status: Some(status),
+            error: format!("Slack error `{code}`"),
+            retry_after: retry_after(headers, now),
+        };
+    }
+    Outcome::Permanent {
+        status: Some(status),
+        error: format!("Slack error `{code}`: {}", hint(&code)),
+    }
+}
+
+/// What the account owner has to do about a permanent Slack error.
+fn hint(code: &str) -> &'static str {
+    match code {
+        "invalid_auth" | "not_authed" | "account_inactive" | "token_revoked" | "token_expired" => {
+            "the bot token is no longer valid; reconnect Slack in Sysmos settings"
+        }
+        "channel_not_found" | "not_in_channel" => {
+            "invite the Sysmos bot to the channel, or pick another channel"
+        }
+        "is_archived" => "the channel is archived; pick another channel",
+        "missing_scope" => "the Slack app lacks the chat:write scope; reconnect Slack",
+        "msg_too_long" | "invalid_blocks" | "invalid_arguments" => {
+            "Slack refused the message itself; this is a sysmos-notify bug, please report it"
+        }
+        _ => "not an error Slack documents as temporary",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderValue, RETRY_AFTER};
+    use std::time::Duration;
+
+    fn kind(o: &Outcome) -> &'static str {
+        match o {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Permanent { .. } => "permanent",
+        }
+    }
+
+    #[test]
+    fn errors_table() {
+        let now = Utc::now();
+        let table = [
+            ("invalid_auth", "permanent"),
+            ("account_inactive", "permanent"),
+            ("token_revoked", "permanent"),
+            ("channel_not_found", "permanent"),
+            ("not_in_channel", "permanent"),
+            ("is_archived", "permanent"),
+            ("missing_scope", "permanent"),
+            ("msg_too_long", "permanent"),
+            ("invalid_blocks", "permanent"),
+            ("something_new", "permanent"),
+            ("ratelimited", "retry"),
+            ("rate_limited", "retry"),
+            ("internal_error", "retry"),
+            ("fatal_error", "retry"),
+            ("service_unavailable", "retry"),
+            ("request_timeout", "retry"),
+        ];
+        for (code, expected) in table {
+            let body = format!(r#"{{"ok":false,"error":"{code}"}}"#);
+            let outcome = classify(200, &HeaderMap::new(), body.as_bytes(), now);
+            assert_eq!(kind(&outcome), expected, "{code}");
+        }
+        let ok = classify(200, &HeaderMap::new(), br#"{"ok":true,"ts":"1.2"}"#, now);
+        assert_eq!(kind(&ok), "delivered");
+        assert_eq!(
+            kind(&classify(200, &HeaderMap::new(), b"<html>", now)),
+            "retry"
+        );
+        assert_eq!(
+            kind(&classify(200, &HeaderMap::new(), br#"{"ok":false}"#, now)),
+            "permanent"
+        );
+        assert_eq!(
+            kind(&classify(404, &HeaderMap::new(), b"", now)),
+            "permanent"
+        );
+        assert_eq!(kind(&classify(503, &HeaderMap::new(), b"", now)), "retry");
+    }
+
+    #[test]
+    fn http_429_waits_for_retry_after() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("30"));
+        let Outcome::Retry { retry_after, .. } = classify(429, &headers, b"", Utc::now()) else {
+            panic!("429 retries")
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(30)));
+    }
+}

@@ -1,0 +1,92 @@
+//! Discord webhook body: one embed with title, description, fields, timestamp, dashboard
+//! URL, footer and a colour per severity (CONTRACT §5), within Discord's limits.
+
+use serde_json::{json, Value};
+
+use super::text::{cut, discord as markdown, fit};
+use super::Alert;
+use crate::model::Severity;
+
+/// Discord's embed limits.
+const TITLE: usize = 256;
+const DESCRIPTION: usize = 4096;
+const FIELDS: usize = 25;
+const FIELD_NAME: usize = 256;
+const FIELD_VALUE: usize = 1024;
+const FOOTER: usize = 2048;
+/// Title, description, field names and values and footer together.
+const TOTAL: usize = 6000;
+
+pub const RED: u32 = 15548997;
+pub const YELLOW: u32 = 16705372;
+pub const GREEN: u32 = 5763719;
+
+/// Critical red, warning yellow, info and recoveries green.
+pub fn color(alert: &Alert<'_>) -> u32 {
+    match alert.severity {
+        _ if alert.recovery => GREEN,
+        Severity::Critical => RED,
+        Severity::Warning => YELLOW,
+        Severity::Info => GREEN,
+    }
+}
+
+/// The JSON body posted to the webhook URL.
+pub fn message(alert: &Alert<'_>) -> Value {
+    let title = fit(&format!("{} — {}", alert.tag, alert.title), TITLE, markdown);
+    let footer = cut(
+        &format!(
+            "Sysmos · {} · {}",
+            alert.event.kind(),
+            alert.severity_label()
+        ),
+        FOOTER,
+    );
+    let mut budget = TOTAL - title.chars().count() - footer.chars().count();
+    let mut link = format!("\n\n[View in Sysmos]({})", alert.link);
+    if link.chars().count() > DESCRIPTION / 2 {
+        link.clear(); // an absurd id: the title still links to the dashboard
+    }
+    // Half of what is left is kept for the fields.
+    let room = (DESCRIPTION - link.chars().count()).min(budget / 2);
+    let description = fit(&alert.summary, room, markdown) + &link;
+    budget = budget.saturating_sub(description.chars().count());
+    let mut fields = Vec::new();
+    for fact in alert.facts.iter().take(FIELDS) {
+        let name = cut(&fact.label, FIELD_NAME);
+        let value = fit(&fact.value, FIELD_VALUE, markdown);
+        let size = name.chars().count() + value.chars().count();
+        if size > budget {
+            break; // the 6000-character total: later fields are left out, not the request
+        }
+        budget -= size;
+        fields.push(
+            json!({"name": name, "value": value, "inline": fact.value.chars().count() <= 40}),
+        );
+    }
+    json!({
+        "username": "Sysmos",
+        "allowed_mentions": {"parse": []},
+        "embeds": [{
+            "title": title,
+            "description": description,
+            "url": alert.link,
+            "color": color(alert),
+            "fields": fields,
+            "timestamp": alert.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "footer": {"text": footer},
+        }],
+    })
+}
+
+/// Characters Discord counts towards the 6000 total of an embed.
+pub fn embed_size(body: &Value) -> usize {
+    let embed = &body["embeds"][0];
+    let len = |v: &Value| v.as_str().map_or(0, |s| s.chars().count());
+    len(&embed["title"])
+        + len(&embed["description"])
+        + len(&embed["footer"]["text"])
+        + embed["fields"].as_array().map_or(0, |f| {
+            f.iter().map(|f| len(&f["name"]) + len(&f["value"])).sum()
+        })
+}

@@ -1,0 +1,133 @@
+//! Email content: a subject like `[DOWN] Production API (us-east-1)`, an HTML part with the
+//! full alert details and a one-click dashboard link, and the same as plain text. Also the
+//! verification email sent to a newly added recipient.
+
+use std::fmt::Write;
+
+use super::text::{cut, escape, html as h, one_line};
+use super::Alert;
+use crate::model::Severity;
+
+/// Subjects beyond this are cut: mail clients show far less, and long ones fold badly.
+const SUBJECT: usize = 200;
+
+/// What an email says; the MIME structure is the sender's business.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Email {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+fn accent(alert: &Alert<'_>) -> &'static str {
+    match alert.severity {
+        _ if alert.recovery => "#2e7d32",
+        Severity::Critical => "#c62828",
+        Severity::Warning => "#ef6c00",
+        Severity::Info => "#1565c0",
+    }
+}
+
+pub fn subject(alert: &Alert<'_>) -> String {
+    let detail = alert
+        .detail
+        .as_ref()
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default();
+    cut(
+        &one_line(&format!("[{}] {}{detail}", alert.tag, alert.name)),
+        SUBJECT,
+    )
+}
+
+pub fn alert(alert: &Alert<'_>) -> Email {
+    let mut text = format!("{}\n\n{}\n\n", alert.title, alert.summary);
+    let width = alert
+        .facts
+        .iter()
+        .map(|f| f.label.chars().count())
+        .max()
+        .unwrap_or(0)
+        + 2;
+    for fact in &alert.facts {
+        let label = format!("{}:", fact.label);
+        let _ = writeln!(text, "{label:<width$}{}", fact.value);
+    }
+    let _ = write!(
+        text,
+        "\nView in Sysmos: {}\n\n-- \nSent by Sysmos because this address receives alerts for account {}.\n",
+        alert.link,
+        alert.event.account_id()
+    );
+
+    let mut rows = String::new();
+    for fact in &alert.facts {
+        let _ = writeln!(
+            rows,
+            "<tr><td style=\"padding:6px 12px 6px 0;color:#555;white-space:nowrap;vertical-align:top\">{}</td>\
+             <td style=\"padding:6px 0;color:#111\">{}</td></tr>",
+            escape(&fact.label, h),
+            escape(&fact.value, h)
+        );
+    }
+    let color = accent(alert);
+    let link = escape(&alert.link, h);
+    let html = format!(
+        r#"<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title></head>
+<body style="margin:0;padding:24px;background:#f4f5f7;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:600px;margin:0 auto;background:#fff;border-radius:6px;border-top:6px solid {color}">
+<tr><td style="padding:24px">
+<p style="margin:0 0 4px;font-size:12px;font-weight:bold;letter-spacing:1px;color:{color}">{tag} · {severity}</p>
+<h1 style="margin:0 0 12px;font-size:20px;color:#111">{title}</h1>
+<p style="margin:0 0 20px;font-size:15px;color:#333">{summary}</p>
+<table role="presentation" cellpadding="0" cellspacing="0" style="font-size:14px;margin:0 0 24px">
+{rows}</table>
+<a href="{link}" style="display:inline-block;padding:10px 18px;background:{color};color:#fff;text-decoration:none;border-radius:4px;font-weight:bold">View in Sysmos</a>
+</td></tr></table>
+<p style="max-width:600px;margin:16px auto 0;font-size:12px;color:#888">Sent by Sysmos because this address receives alerts for account {account}.</p>
+</body></html>
+"#,
+        title = escape(&alert.title, h),
+        tag = escape(&alert.tag, h),
+        severity = alert.severity_label(),
+        summary = escape(&alert.summary, h),
+        account = escape(alert.event.account_id(), h),
+    );
+    Email {
+        subject: subject(alert),
+        text,
+        html,
+    }
+}
+
+/// The one email a new recipient gets before any alert: a link to confirm the address.
+pub fn verification(address: &str, url: &str) -> Email {
+    let text = format!(
+        "Confirm your email address for Sysmos alerts\n\n\
+         {address} was added as a recipient of Sysmos alert notifications.\n\
+         Open this link to confirm it and start receiving alerts:\n\n{url}\n\n\
+         If you did not expect this, ignore this email: no alerts are sent to an unconfirmed address.\n"
+    );
+    let html = format!(
+        r#"<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Confirm your email address</title></head>
+<body style="margin:0;padding:24px;background:#f4f5f7;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:600px;margin:0 auto;background:#fff;border-radius:6px">
+<tr><td style="padding:24px">
+<h1 style="margin:0 0 12px;font-size:20px;color:#111">Confirm your email address</h1>
+<p style="margin:0 0 20px;font-size:15px;color:#333"><b>{address}</b> was added as a recipient of Sysmos alert notifications. Confirm it to start receiving alerts.</p>
+<a href="{url}" style="display:inline-block;padding:10px 18px;background:#1565c0;color:#fff;text-decoration:none;border-radius:4px;font-weight:bold">Confirm email address</a>
+<p style="margin:20px 0 0;font-size:12px;color:#888">If you did not expect this, ignore this email: no alerts are sent to an unconfirmed address.</p>
+</td></tr></table>
+</body></html>
+"#,
+        address = escape(address, h),
+        url = escape(url, h),
+    );
+    Email {
+        subject: "Confirm your email address for Sysmos alerts".into(),
+        text,
+        html,
+    }
+}

@@ -1,0 +1,104 @@
+//! PagerDuty Events API v2 body: `trigger` for problems, `resolve` for recoveries, and a
+//! `dedup_key` per incident so a recovery resolves exactly what its alert opened.
+//! The routing key is added by the sender; nothing secret is rendered here.
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::text::cut;
+use super::Alert;
+use crate::model::Severity;
+
+/// PagerDuty's limits: `dedup_key` 255 characters, `summary` 1024.
+const DEDUP_KEY: usize = 255;
+const SUMMARY: usize = 1024;
+/// Each custom detail value is cut here; the whole event must stay far below 512 KB.
+const DETAIL: usize = 2048;
+
+/// The incident an event belongs to, on its resource: a monitor's availability (down,
+/// degraded and their recovery) and its certificate are two incidents; a server's offline
+/// state and each anomaly metric are distinct.
+pub fn condition(alert: &Alert<'_>) -> String {
+    let fields = alert.event.alert();
+    let get = |k: &str| fields.get(k).and_then(Value::as_str).unwrap_or_default();
+    let kind = alert.event.kind();
+    let (_, name) = kind.split_once('.').unwrap_or((kind, kind));
+    match kind {
+        "monitor.down" | "monitor.degraded" | "monitor.recovered" => "availability".into(),
+        "monitor.ssl_expiring" => "ssl".into(),
+        "server.offline" => "offline".into(),
+        "server.anomaly" => format!("anomaly:{}", get("metric")),
+        _ if alert.recovery => match (get("condition"), get("metric")) {
+            ("anomaly", metric) => format!("anomaly:{metric}"),
+            ("", _) => "availability".into(),
+            (condition, _) => condition.to_owned(),
+        },
+        _ => name.to_owned(),
+    }
+}
+
+/// `sysmos:{account}:{product}:{resource}:{condition}`: the same for an alert and its
+/// recovery, different for different incidents, stable across retries and restarts.
+/// Coordinates too long for PagerDuty's 255 characters are hashed instead.
+pub fn dedup_key(alert: &Alert<'_>) -> String {
+    let event = alert.event;
+    let readable = format!(
+        "sysmos:{}:{}:{}:{}",
+        event.account_id(),
+        event.product_key(),
+        event.resource_id(),
+        condition(alert)
+    );
+    if readable.chars().count() <= DEDUP_KEY {
+        return readable;
+    }
+    let digest = Sha256::digest(readable.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sysmos:{hex}")
+}
+
+fn severity(alert: &Alert<'_>) -> &'static str {
+    match alert.severity {
+        Severity::Critical => "critical",
+        Severity::Warning => "warning",
+        Severity::Info => "info",
+    }
+}
+
+/// The Events API v2 body without `routing_key`.
+pub fn event(alert: &Alert<'_>) -> Value {
+    let mut details = Map::new();
+    for (key, value) in alert.event.alert() {
+        let value = match value {
+            Value::String(s) => Value::String(cut(s, DETAIL)),
+            Value::Array(_) | Value::Object(_) => {
+                let text = value.to_string();
+                if text.len() > DETAIL {
+                    Value::String(cut(&text, DETAIL))
+                } else {
+                    value.clone()
+                }
+            }
+            other => other.clone(),
+        };
+        details.insert(key.clone(), value);
+    }
+    let source = alert.target.clone().unwrap_or_else(|| alert.name.clone());
+    json!({
+        "event_action": if alert.recovery { "resolve" } else { "trigger" },
+        "dedup_key": dedup_key(alert),
+        "payload": {
+            "summary": cut(&format!("[{}] {}", alert.tag, alert.summary.trim_end_matches('.')), SUMMARY),
+            "source": cut(&source, SUMMARY),
+            "severity": severity(alert),
+            "timestamp": alert.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "component": cut(&alert.name, SUMMARY),
+            "group": alert.event.product_key(),
+            "class": alert.event.kind(),
+            "custom_details": details,
+        },
+        "links": [{"href": alert.link, "text": "View in Sysmos"}],
+        "client": "Sysmos",
+        "client_url": alert.link,
+    })
+}

@@ -1,0 +1,113 @@
+//! The verifier loop: reads `P.config` in the group `{group_id}.verifications`, sends each
+//! waiting recipient its verification email, writes the marker, then stores the offset.
+//! It is a low-volume path, so records are handled one at a time, in order; a transient SMTP
+//! failure is retried after each of `retry.delays`, then given up with a `failed` marker so
+//! one bad address cannot hold the others back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::{marker_key, wanted, Marker, Sent};
+use crate::delivery::email::Mailer;
+use crate::kafka::context::{begin, finish, GroupConsumer};
+use crate::kafka::producer::{OutRecord, Output};
+use crate::metrics::{Metrics, VerificationOutcome};
+use crate::model::{AccountSettings, Secret};
+use crate::render;
+
+pub struct Verifier {
+    pub topic: String,
+    pub sent: Arc<Sent>,
+    pub mailer: Arc<Mailer>,
+    pub output: Arc<Output>,
+    pub metrics: Arc<Metrics>,
+    pub delays: Vec<Duration>,
+}
+
+impl Verifier {
+    pub async fn run(self, consumer: Arc<GroupConsumer>, shutdown: CancellationToken) {
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                received = consumer.recv() => received,
+            };
+            let message = match received {
+                Ok(message) => message.detach(),
+                Err(error) => {
+                    tracing::warn!(%error, "verification consumer error");
+                    continue;
+                }
+            };
+            let Some(pos) = begin(&consumer, &message) else {
+                continue;
+            };
+            if self.handle(&message, &shutdown).await.is_err() {
+                return; // stopping: the record is handled again after restart
+            }
+            finish(&consumer, &pos);
+        }
+    }
+
+    async fn handle(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> Result<(), ()> {
+        // Tombstones and unreadable records: the settings reader logs them already.
+        let Some(settings) = message
+            .payload()
+            .filter(|p| !p.is_empty())
+            .and_then(|p| AccountSettings::decode(p).ok())
+        else {
+            return Ok(());
+        };
+        for (address, url) in wanted(&settings) {
+            let key = marker_key(&address, url.expose());
+            if self.sent.contains(&key) {
+                continue;
+            }
+            let outcome = self.send(&address, &url, shutdown).await.ok_or(())?;
+            let marker = Marker::new(&settings.account_id, &address, outcome);
+            let payload = serde_json::to_vec(&marker).expect("markers serialize");
+            let record = OutRecord::new(&self.topic, key.clone(), payload);
+            self.output.write(vec![record]).await.map_err(drop)?;
+            self.sent.insert(key);
+            self.metrics.verification(outcome);
+        }
+        Ok(())
+    }
+
+    /// Sends one verification email, retrying transient failures; `None` when stopping.
+    async fn send(
+        &self,
+        address: &str,
+        url: &Secret,
+        shutdown: &CancellationToken,
+    ) -> Option<VerificationOutcome> {
+        let email = render::email::verification(address, url.expose());
+        let mut delays = self.delays.iter();
+        loop {
+            let failure = match self.mailer.send(address, &email, None).await {
+                Ok(()) => {
+                    tracing::info!(address, "verification email sent");
+                    return Some(VerificationOutcome::Sent);
+                }
+                Err(failure) => failure,
+            };
+            if failure.permanent {
+                tracing::warn!(address, reason = %failure.reason, "verification email refused");
+                return Some(VerificationOutcome::Refused);
+            }
+            let Some(delay) = delays.next() else {
+                tracing::error!(address, reason = %failure.reason, "verification email failed; giving up");
+                return Some(VerificationOutcome::Failed);
+            };
+            tracing::warn!(address, reason = %failure.reason, ?delay, "verification email failed; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(*delay) => {}
+            }
+        }
+    }
+}
