@@ -1,91 +1,27 @@
-//! The README's first command (`scripts/demo`): runs sysmos-notify against a local broker,
-//! with a local webhook receiver, and shows seed-format alerts delivered — one of them
-//! through a retry tier after the receiver's 503.
+//! The README's first command (`scripts/demo`): runs sysmos-notify against a local broker and
+//! delivers alerts to all five channel types — local fake Slack, Discord and PagerDuty APIs,
+//! two webhooks (one answers 503 once, so its alert goes through retry tier 1) and a local
+//! SMTP server — printing each request as the provider receives it.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+#[allow(dead_code)]
+#[path = "../tests/integration/common/receiver.rs"]
+mod receiver;
+#[allow(dead_code)]
+#[path = "../tests/integration/common/smtp.rs"]
+mod smtp;
+
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::Response;
-use hyper_util::rt::TokioIo;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use serde_json::json;
+use serde_json::{json, Value};
 use sysmos_notify::config::Settings;
 use tokio_util::sync::CancellationToken;
 
-type Hits = Arc<Mutex<HashMap<String, u32>>>;
+use receiver::{Receiver, Recorded, Reply};
+use smtp::{Mail, SmtpServer};
 
-/// A receiver that answers 503 to the first request on `/flaky`, 200 to everything else.
-async fn receiver(start: Instant) -> (String, Hits) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let hits: Hits = Arc::default();
-    let shared = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let hits = shared.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let hits = hits.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            let id = req
-                                .headers()
-                                .get("webhook-id")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned();
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let n = {
-                                let mut h = hits.lock().unwrap();
-                                let n = h.entry(format!("{path} {id}")).or_default();
-                                *n += 1;
-                                *n
-                            };
-                            let status = if path == "/flaky" && n == 1 { 503 } else { 200 };
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&body).unwrap_or_default();
-                            let source = v
-                                .get("monitor")
-                                .or(v.get("server"))
-                                .and_then(|s| s.get("name"))
-                                .cloned()
-                                .unwrap_or_default();
-                            println!(
-                            "[{:>5.1}s] {path:<7} received {:<18} {:<18} attempt {n} -> answered {status}   (webhook-id {id})",
-                            start.elapsed().as_secs_f64(),
-                            v["event"].as_str().unwrap_or("?"),
-                            source.as_str().unwrap_or("?"),
-                        );
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::new()))
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (base, hits)
-}
-
-async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &serde_json::Value) {
+async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &Value) {
     let payload = value.to_string();
     producer
         .send(
@@ -97,12 +33,67 @@ async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &serd
         .expect("produce to the local broker");
 }
 
+/// One line saying what a provider received.
+fn describe(request: &Recorded) -> String {
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+    let path = request.path.as_str();
+    if path.ends_with("/chat.postMessage") {
+        format!("slack      {}", body["text"].as_str().unwrap_or("?"))
+    } else if path.starts_with("/discord") {
+        let embed = &body["embeds"][0];
+        format!(
+            "discord    {} (color {})",
+            embed["title"].as_str().unwrap_or("?"),
+            embed["color"]
+        )
+    } else if path.starts_with("/pagerduty") {
+        format!(
+            "pagerduty  {:<8} {}  dedup_key {}",
+            body["event_action"].as_str().unwrap_or("?"),
+            body["payload"]["summary"].as_str().unwrap_or("?"),
+            body["dedup_key"].as_str().unwrap_or("?")
+        )
+    } else {
+        let source = body
+            .get("monitor")
+            .or(body.get("server"))
+            .and_then(|s| s["name"].as_str())
+            .unwrap_or("?");
+        format!(
+            "webhook    {path:<7} {} {source}  (webhook-id {})",
+            body["event"].as_str().unwrap_or("?"),
+            request
+                .headers
+                .get("webhook-id")
+                .map_or("?", String::as_str)
+        )
+    }
+}
+
+fn describe_mail(mail: &Mail) -> String {
+    let subject = mail.parsed().subject().unwrap_or_default().to_owned();
+    format!("email      to {}: {subject}", mail.to.join(", "))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let brokers = std::env::var("DEMO_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
     sysmos_notify::telemetry::init();
     let start = Instant::now();
-    let (base, hits) = receiver(start).await;
+    let providers = Receiver::start().await;
+    providers.respond_when("/flaky", vec![Reply::status(503)], Reply::status(200));
+    providers.respond_when(
+        "chat.postMessage",
+        vec![],
+        Reply::json(200, json!({"ok": true})),
+    );
+    providers.respond_when(
+        "/pagerduty",
+        vec![],
+        Reply::json(202, json!({"status": "success"})),
+    );
+    let mail = SmtpServer::start().await;
+    let base = providers.base.clone();
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let env = [
         ("SYSMOS_NOTIFY__KAFKA__BROKERS", brokers.clone()),
@@ -117,22 +108,29 @@ async fn main() -> anyhow::Result<()> {
             "true".into(),
         ),
         ("SYSMOS_NOTIFY__HTTP__LISTEN", listen.to_string()),
+        (
+            "SYSMOS_NOTIFY__CHANNELS__SLACK__API_BASE_URL",
+            format!("{base}/slack/api"),
+        ),
+        (
+            "SYSMOS_NOTIFY__CHANNELS__PAGERDUTY__EVENTS_URL",
+            format!("{base}/pagerduty/v2/enqueue"),
+        ),
+        ("SYSMOS_NOTIFY__CHANNELS__EMAIL__SMTP_URL", mail.url()),
     ];
     let settings =
         Settings::load_with_env(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
     let prefix = settings.kafka.topic_prefix.clone();
     println!(
-        "sysmos-notify demo: broker {brokers}, receiver {base}, metrics http://{listen}/metrics\n"
+        "sysmos-notify demo: broker {brokers}, fake providers {base}, SMTP {}, metrics http://{listen}/metrics\n",
+        mail.url()
     );
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()?;
+    let client = |c: &mut ClientConfig| c.set("bootstrap.servers", &brokers).clone();
+    let producer: FutureProducer = client(&mut ClientConfig::new()).create()?;
     // The upstream products' topics (the broker does not create topics on first use).
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()?;
+        client(&mut ClientConfig::new()).create()?;
     let topics = ["monitor.alerts", "server.alerts"]
         .map(|t| rdkafka::admin::NewTopic::new(t, 2, rdkafka::admin::TopicReplication::Fixed(-1)));
     admin
@@ -141,10 +139,16 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let service = tokio::spawn(sysmos_notify::run(settings, shutdown.clone()));
 
-    // The settings app's record for one account: two webhook channels.
+    // The settings app's record for one account: every channel type.
     let account = json!({"account_id":"acc_42","version":1,"channels":[
+        {"id":"slack-ops","type":"slack","bot_token":"xoxb-demo","channel":"C0123ABC"},
+        {"id":"discord","type":"discord","webhook_url":format!("{base}/discord/api/webhooks/1/abc")},
+        {"id":"email","type":"email","recipients":[
+            {"address":"owner@example.com","verified":true},
+            {"address":"new@example.com","verified":false,"verification_url":"https://app.sysmos.io/verify?t=demo"}]},
+        {"id":"pd","type":"pagerduty","integration_key":"0123456789abcdef0123456789abcdef"},
         {"id":"ops","type":"webhook","url":format!("{base}/ops"),"secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
-        {"id":"flaky","type":"webhook","url":format!("{base}/flaky"),"events":["monitor.*"]}]});
+        {"id":"flaky","type":"webhook","url":format!("{base}/flaky"),"events":["server.*"]}]});
     let http = reqwest::Client::new();
     let get = |path: &'static str| {
         let http = http.clone();
@@ -154,11 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 .send()
                 .await
                 .ok()?;
-            if r.status().is_success() {
-                r.text().await.ok()
-            } else {
-                None
-            }
+            r.status().is_success().then_some(r.text().await.ok()?)
         }
     };
     // Ready = topics created, config topic read, consumers in their groups.
@@ -173,46 +173,48 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "[{:>5.1}s] service ready, settings of acc_42 cached; producing 3 alerts\n",
+        "[{:>5.1}s] service ready, settings of acc_42 cached; producing alerts\n",
         start.elapsed().as_secs_f64()
     );
 
-    let events = [
-        (
-            "monitor.alerts",
-            "mon_abc123",
-            json!({"event":"monitor.down","event_id":"evt_01HZX3","account_id":"acc_42","occurred_at":"2025-01-15T10:30:00Z",
-            "monitor":{"id":"mon_abc123","name":"Production API","url":"https://api.example.com/health"},
-            "alert":{"status":"down","region":"us-east-1","response_time_ms":5023,"status_code":503,"triggered_at":"2025-01-15T10:30:00Z"}}),
-        ),
-        (
-            "server.alerts",
-            "srv_7",
-            json!({"event":"server.offline","event_id":"evt_01HZX4","account_id":"acc_42","occurred_at":"2025-01-15T10:31:00Z",
-            "server":{"id":"srv_7","name":"db-primary","hostname":"db1.internal"},"alert":{"last_seen_at":"2025-01-15T10:29:30Z","triggered_at":"2025-01-15T10:31:00Z"}}),
-        ),
-        (
-            "monitor.alerts",
-            "mon_abc123",
-            json!({"event":"monitor.recovered","event_id":"evt_01HZX5","account_id":"acc_42","occurred_at":"2025-01-15T10:35:00Z",
-            "monitor":{"id":"mon_abc123","name":"Production API","url":"https://api.example.com/health"},
-            "alert":{"status":"up","region":"us-east-1","response_time_ms":120,"status_code":200,"down_since":"2025-01-15T10:30:00Z","triggered_at":"2025-01-15T10:35:00Z"}}),
-        ),
-    ];
-    for (topic, key, event) in &events {
-        produce(&producer, topic, key, event).await;
-    }
-    // 3 alerts on `ops`, 2 monitor alerts on `flaky` (first answered 503, retried from retry.1).
+    let monitor =
+        json!({"id":"mon_abc123","name":"Production API","url":"https://api.example.com/health"});
+    let down = json!({"event":"monitor.down","event_id":"evt_01HZX3","account_id":"acc_42","occurred_at":"2025-01-15T10:30:00Z",
+        "monitor":monitor,"alert":{"status":"down","region":"us-east-1","response_time_ms":5023,"status_code":503,"triggered_at":"2025-01-15T10:30:00Z"}});
+    let offline = json!({"event":"server.offline","event_id":"evt_01HZX4","account_id":"acc_42","occurred_at":"2025-01-15T10:31:00Z",
+        "server":{"id":"srv_7","name":"db-primary","hostname":"db1.internal"},"alert":{"last_seen_at":"2025-01-15T10:29:30Z","triggered_at":"2025-01-15T10:31:00Z"}});
+    let recovered = json!({"event":"monitor.recovered","event_id":"evt_01HZX5","account_id":"acc_42","occurred_at":"2025-01-15T10:42:30Z",
+        "monitor":monitor,"alert":{"status":"up","region":"us-east-1","response_time_ms":120,"status_code":200,"down_since":"2025-01-15T10:30:00Z","triggered_at":"2025-01-15T10:42:30Z"}});
+    produce(&producer, "monitor.alerts", "mon_abc123", &down).await;
+    produce(&producer, "server.alerts", "srv_7", &offline).await;
+
+    // 3 alerts × (slack, discord, pagerduty, email, ops) + offline on flaky (503, then its
+    // retry) + 1 verification email. The recovery goes out once its alert has been delivered.
+    let expected = 3 * 5 + 2 + 1;
+    let (mut shown, mut mails_shown, mut recovery_sent) = (0, 0, false);
     let deadline = Instant::now() + Duration::from_secs(60);
-    let expected = 7;
-    while hits.lock().unwrap().values().sum::<u32>() < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while shown + mails_shown < expected && Instant::now() < deadline {
+        let at = start.elapsed().as_secs_f64();
+        for request in providers.requests().iter().skip(shown) {
+            println!("[{at:>5.1}s] {}", describe(request));
+            shown += 1;
+        }
+        for m in mail.mails().iter().skip(mails_shown) {
+            println!("[{at:>5.1}s] {}", describe_mail(m));
+            mails_shown += 1;
+        }
+        if !recovery_sent && providers.requests_with("/pagerduty").len() >= 2 {
+            produce(&producer, "monitor.alerts", "mon_abc123", &recovered).await;
+            recovery_sent = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let metrics = get("/metrics").await.unwrap_or_default();
     println!("\nmetrics:");
     for line in metrics.lines().filter(|l| {
         (l.starts_with("sysmos_notify_events_total")
-            || l.starts_with("sysmos_notify_deliveries_total{channel=\"webhook\"")
+            || l.starts_with("sysmos_notify_deliveries_total")
+            || l.starts_with("sysmos_notify_verification_emails_total")
             || l.starts_with("sysmos_notify_config_accounts"))
             && !l.ends_with(" 0")
     }) {
@@ -220,11 +222,15 @@ async fn main() -> anyhow::Result<()> {
     }
     shutdown.cancel();
     service.await??;
-    let received = hits.lock().unwrap().values().sum::<u32>();
+    let received = shown + mails_shown;
     anyhow::ensure!(
         received >= expected,
-        "only {received} of {expected} requests arrived within 60s"
+        "only {received} of {expected} deliveries arrived within 60s"
     );
-    println!("\ndemo done: {received} webhook requests, every alert delivered (the flaky endpoint's two through retry tier 1).");
+    println!(
+        "\ndemo done: {received} requests and emails — every alert on every channel, the recovery \
+         resolving its PagerDuty incident, one verification email, and the flaky webhook's alert \
+         through retry tier 1."
+    );
     Ok(())
 }

@@ -22,19 +22,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::FromClientConfigAndContext;
-use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
 use crate::config::Settings;
 use crate::delivery::Channels;
-use crate::kafka::context::{commit_stored, GroupConsumer, ServiceContext};
+use crate::kafka::context::{commit_stored, subscribed};
 use crate::kafka::producer::Output;
 use crate::kafka::topics::Topics;
 use crate::metrics::Metrics;
@@ -60,37 +56,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(brokers = %kafka.brokers, prefix = %kafka.topic_prefix, tiers = topics.retry.len(),
         "starting sysmos-notify {}", env!("CARGO_PKG_VERSION"));
 
-    let admin: Arc<AdminClient<DefaultClientContext>> =
-        Arc::new(kafka::client::admin(kafka).create()?);
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        // Probe with a bounded, blocking metadata request first: an admin request against an
-        // unreachable cluster does not give way to shutdown, a 5s metadata probe does.
-        let probe = admin.clone();
-        let reachable = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = tokio::task::spawn_blocking(move || probe.inner().fetch_metadata(None, Duration::from_secs(5))) => r,
-        };
-        let attempt = match reachable {
-            Ok(Ok(_)) => kafka::topics::ensure(&admin, &topics, kafka.partitions).await,
-            Ok(Err(error)) => Err(anyhow::anyhow!(
-                "Kafka at {} not reachable: {error}",
-                kafka.brokers
-            )),
-            Err(error) => Err(anyhow::anyhow!("metadata probe failed: {error}")),
-        };
-        match attempt {
-            Ok(()) => break,
-            Err(error) => {
-                tracing::warn!("cannot set up topics yet: {error:#}; retrying in {backoff:?}")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
-        }
+    if !kafka::topics::set_up(kafka, &topics, &shutdown).await? {
+        return Ok(()); // stopped before the cluster answered
     }
-    drop(admin);
 
     let producer: FutureProducer = kafka::client::producer(kafka).create()?;
     let output = Arc::new(Output::new(producer, shutdown.clone()));
@@ -98,65 +66,60 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     // Settings first: routing before the cache is complete would drop alerts as unroutable.
     // The verification markers too: the verifier must know what was sent before it sends.
-    let settings_consumer = GroupConsumer::from_config_and_context(
-        &kafka::client::reader(kafka, &format!("{}.settings", kafka.group_id)),
-        ServiceContext::new("settings", metrics.clone(), Arc::default()),
-    )?;
-    let targets = kafka::table::assign_all(&settings_consumer, &topics.config)?;
-    let (settings_tx, mut settings_rx) = watch::channel(false);
     let table_cache = cache.clone();
-    let reader = tokio::spawn(kafka::table::run(
-        settings_consumer,
-        topics.config.clone(),
-        targets,
+    let (reader, mut settings_loaded) = kafka::table::follow(
+        kafka,
+        &format!("{}.settings", kafka.group_id),
+        "settings",
+        metrics.clone(),
+        &topics.config,
         move |message| table_cache.apply_logged(message),
-        settings_tx,
         shutdown.clone(),
-    ));
-    let sent = Arc::new(verify::Sent::default());
-    let markers_consumer = GroupConsumer::from_config_and_context(
-        &kafka::client::reader(kafka, &format!("{}.verifications", kafka.group_id)),
-        ServiceContext::new("verifications", metrics.clone(), Arc::default()),
     )?;
-    let targets = kafka::table::assign_all(&markers_consumer, &topics.verifications)?;
-    let (markers_tx, mut markers_rx) = watch::channel(false);
+    let sent = Arc::new(verify::Sent::default());
     let table_sent = sent.clone();
-    let markers = tokio::spawn(kafka::table::run(
-        markers_consumer,
-        topics.verifications.clone(),
-        targets,
+    let (markers, mut markers_loaded) = kafka::table::follow(
+        kafka,
+        &format!("{}.verifications", kafka.group_id),
+        "verifications",
+        metrics.clone(),
+        &topics.verifications,
         move |message| table_sent.apply(message.key(), message.payload()),
-        markers_tx,
         shutdown.clone(),
-    ));
+    )?;
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         _ = async {
-            let _ = settings_rx.wait_for(|loaded| *loaded).await;
-            let _ = markers_rx.wait_for(|loaded| *loaded).await;
+            let _ = settings_loaded.wait_for(|loaded| *loaded).await;
+            let _ = markers_loaded.wait_for(|loaded| *loaded).await;
         } => readiness.settings_loaded.store(true, Ordering::Release),
     }
 
-    let router_consumer = Arc::new(GroupConsumer::from_config_and_context(
-        &kafka::client::group_consumer(kafka, &kafka.group_id),
-        ServiceContext::new("router", metrics.clone(), readiness.router_joined.clone()),
-    )?);
     let event_topics: Vec<&str> = kafka.event_topics.iter().map(String::as_str).collect();
-    router_consumer.subscribe(&event_topics)?;
-    let deliverer_consumer = Arc::new(GroupConsumer::from_config_and_context(
-        &kafka::client::group_consumer(kafka, &format!("{}.deliveries", kafka.group_id)),
-        ServiceContext::new(
-            "deliverer",
-            metrics.clone(),
-            readiness.deliverer_joined.clone(),
-        ),
-    )?);
-    deliverer_consumer.subscribe(&topics.delivery_topics())?;
-    let verifier_consumer = Arc::new(GroupConsumer::from_config_and_context(
-        &kafka::client::group_consumer(kafka, &format!("{}.verifications", kafka.group_id)),
-        ServiceContext::new("verifier", metrics.clone(), Arc::default()),
-    )?);
-    verifier_consumer.subscribe(&[&topics.config])?;
+    let router_consumer = subscribed(
+        kafka,
+        &kafka.group_id,
+        "router",
+        metrics.clone(),
+        readiness.router_joined.clone(),
+        &event_topics,
+    )?;
+    let deliverer_consumer = subscribed(
+        kafka,
+        &format!("{}.deliveries", kafka.group_id),
+        "deliverer",
+        metrics.clone(),
+        readiness.deliverer_joined.clone(),
+        &topics.delivery_topics(),
+    )?;
+    let verifier_consumer = subscribed(
+        kafka,
+        &format!("{}.verifications", kafka.group_id),
+        "verifier",
+        metrics.clone(),
+        Arc::default(),
+        &[&topics.config],
+    )?;
 
     // In-flight HTTP requests end within the timeout; the rest is writing their outcomes.
     let drain = settings.delivery.timeout + Duration::from_secs(5);

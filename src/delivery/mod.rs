@@ -70,7 +70,8 @@ impl Channels {
 
     /// Makes one attempt; never panics on what a provider answers.
     pub async fn send(&self, channel: &Channel, record: &DeliveryRecord) -> Sent {
-        let alert = Alert::new(&record.event, &self.dashboard);
+        // Webhooks carry the event's own fields; every other channel renders the alert view.
+        let alert = || Alert::new(&record.event, &self.dashboard);
         match &channel.kind {
             ChannelKind::Webhook {
                 url,
@@ -80,16 +81,18 @@ impl Channels {
                 .await
                 .into(),
             ChannelKind::Slack { bot_token, channel } => {
-                slack::send(self, &alert, bot_token, channel).await.into()
+                slack::send(self, &alert(), bot_token, channel).await.into()
             }
             ChannelKind::Discord { webhook_url } => {
-                discord::send(self, &alert, webhook_url).await.into()
+                discord::send(self, &alert(), webhook_url).await.into()
             }
             ChannelKind::PagerDuty { integration_key } => {
-                pagerduty::send(self, &alert, integration_key).await.into()
+                pagerduty::send(self, &alert(), integration_key)
+                    .await
+                    .into()
             }
             ChannelKind::Email { recipients } => {
-                email::send(&self.mailer, record, &alert, recipients).await
+                email::send(&self.mailer, record, &alert(), recipients).await
             }
         }
     }

@@ -173,6 +173,25 @@ impl ConsumerContext for ServiceContext {
 /// A group consumer of this service.
 pub type GroupConsumer = rdkafka::consumer::StreamConsumer<ServiceContext>;
 
+/// A consumer of `group` subscribed to `topics`; `joined` turns true on its first assignment.
+pub fn subscribed(
+    kafka: &crate::config::KafkaSettings,
+    group: &str,
+    role: &'static str,
+    metrics: Arc<Metrics>,
+    joined: Arc<AtomicBool>,
+    topics: &[&str],
+) -> anyhow::Result<Arc<GroupConsumer>> {
+    use rdkafka::config::FromClientConfigAndContext;
+    use rdkafka::consumer::Consumer;
+    let consumer = GroupConsumer::from_config_and_context(
+        &super::client::group_consumer(kafka, group),
+        ServiceContext::new(role, metrics, joined),
+    )?;
+    consumer.subscribe(topics)?;
+    Ok(Arc::new(consumer))
+}
+
 /// Registers work on a received message; `None` when it is not ours to do (revoked or re-fetched).
 pub fn begin<M: rdkafka::Message>(
     consumer: &GroupConsumer,

@@ -12,9 +12,41 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::context::ServiceContext;
+use crate::config::KafkaSettings;
+use crate::metrics::Metrics;
+
+/// Starts following `topic` from the beginning with its own reader (group `group`, used for
+/// nothing but client identity), handing each record to `apply`. The receiver turns true
+/// once the topic has been read up to the end offsets seen now.
+pub fn follow(
+    kafka: &KafkaSettings,
+    group: &str,
+    role: &'static str,
+    metrics: std::sync::Arc<Metrics>,
+    topic: &str,
+    apply: impl FnMut(&BorrowedMessage<'_>) + Send + 'static,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, watch::Receiver<bool>)> {
+    use rdkafka::config::FromClientConfigAndContext;
+    let consumer = StreamConsumer::from_config_and_context(
+        &super::client::reader(kafka, group),
+        ServiceContext::new(role, metrics, Default::default()),
+    )?;
+    let targets = assign_all(&consumer, topic)?;
+    let (loaded_tx, loaded_rx) = watch::channel(false);
+    let task = tokio::spawn(run(
+        consumer,
+        topic.to_owned(),
+        targets,
+        apply,
+        loaded_tx,
+        shutdown,
+    ));
+    Ok((task, loaded_rx))
+}
 
 /// Assigns every partition of `topic` from the beginning and returns the end offsets to reach.
-pub fn assign_all(
+fn assign_all(
     consumer: &StreamConsumer<ServiceContext>,
     topic: &str,
 ) -> anyhow::Result<HashMap<i32, i64>> {
@@ -42,7 +74,7 @@ pub fn assign_all(
 
 /// Hands every record to `apply` until `shutdown`; `loaded` turns true once each partition
 /// has been read up to its end offset at start.
-pub async fn run(
+async fn run(
     consumer: StreamConsumer<ServiceContext>,
     topic: String,
     mut targets: HashMap<i32, i64>,

@@ -1,12 +1,14 @@
-//! The topics this service owns (CONTRACT §2), and their creation when missing.
+//! The topics this service owns (CONTRACT §2), and their creation once the cluster answers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{KafkaSettings, Settings};
 
 /// Dead letters and rejected events wait for an operator: keep them 30 days.
 const LONG_RETENTION_MS: &str = "2592000000";
@@ -61,6 +63,45 @@ impl Topics {
         std::iter::once(self.deliveries.as_str())
             .chain(self.retry.iter().map(String::as_str))
             .collect()
+    }
+}
+
+/// Waits for the cluster and creates the missing topics, retrying with back-off; `false`
+/// when `shutdown` came first.
+pub async fn set_up(
+    kafka: &KafkaSettings,
+    topics: &Topics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let admin: Arc<AdminClient<DefaultClientContext>> =
+        Arc::new(super::client::admin(kafka).create()?);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        // Probe with a bounded, blocking metadata request first: an admin request against an
+        // unreachable cluster does not give way to shutdown, a 5s metadata probe does.
+        let probe = admin.clone();
+        let reachable = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            r = tokio::task::spawn_blocking(move || probe.inner().fetch_metadata(None, Duration::from_secs(5))) => r,
+        };
+        let attempt = match reachable {
+            Ok(Ok(_)) => ensure(&admin, topics, kafka.partitions).await,
+            Ok(Err(error)) => Err(anyhow::anyhow!(
+                "Kafka at {} not reachable: {error}",
+                kafka.brokers
+            )),
+            Err(error) => Err(anyhow::anyhow!("metadata probe failed: {error}")),
+        };
+        match attempt {
+            Ok(()) => return Ok(true),
+            Err(error) => {
+                tracing::warn!("cannot set up topics yet: {error:#}; retrying in {backoff:?}")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
+        }
     }
 }
 

@@ -102,3 +102,37 @@ pub fn event(alert: &Alert<'_>) -> Value {
         "client_url": alert.link,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Event;
+    use serde_json::json;
+
+    fn key_of(resource: &str, kind: &str, alert: Value) -> String {
+        let event = json!({"event": kind, "event_id": "e", "account_id": "acc",
+            "occurred_at": "2025-01-15T10:30:00Z",
+            "server": {"id": resource, "name": "n"}, "alert": alert});
+        let event = Event::decode(Some(event.to_string().as_bytes())).unwrap();
+        dedup_key(&Alert::new(&event, "https://d"))
+    }
+
+    #[test]
+    fn long_coordinates_are_hashed_stably() {
+        let long = "r".repeat(400);
+        let key = key_of(&long, "server.offline", json!({}));
+        assert!(key.starts_with("sysmos:") && key.len() == 7 + 64, "{key}");
+        assert_eq!(
+            key,
+            key_of(&long, "server.recovered", json!({"condition": "offline"}))
+        );
+        assert_ne!(
+            key,
+            key_of(&long, "server.anomaly", json!({"metric": "cpu"}))
+        );
+        assert_eq!(
+            key_of("srv", "server.anomaly", json!({"metric": "cpu"})),
+            "sysmos:acc:server:srv:anomaly:cpu"
+        );
+    }
+}

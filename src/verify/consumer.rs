@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
@@ -14,10 +15,21 @@ use tokio_util::sync::CancellationToken;
 use super::{marker_key, wanted, Marker, Sent};
 use crate::delivery::email::Mailer;
 use crate::kafka::context::{begin, finish, GroupConsumer};
+use crate::kafka::offsets::Position;
 use crate::kafka::producer::{OutRecord, Output};
 use crate::metrics::{Metrics, VerificationOutcome};
 use crate::model::{AccountSettings, Secret};
 use crate::render;
+
+/// How handling one settings record ended.
+enum Handled {
+    /// Every waiting recipient has its marker: the offset may be stored.
+    Done,
+    /// The partition went to another instance while an email waited for a retry.
+    Revoked,
+    /// Shutting down before it was done.
+    Stopping,
+}
 
 pub struct Verifier {
     pub topic: String,
@@ -46,66 +58,91 @@ impl Verifier {
             let Some(pos) = begin(&consumer, &message) else {
                 continue;
             };
-            if self.handle(&message, &shutdown).await.is_err() {
-                return; // stopping: the record is handled again after restart
+            match self.handle(&message, &consumer, &pos, &shutdown).await {
+                Handled::Done => finish(&consumer, &pos),
+                Handled::Revoked => {} // the partition's new owner handles the record
+                Handled::Stopping => return, // handled again after restart
             }
-            finish(&consumer, &pos);
         }
     }
 
-    async fn handle(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> Result<(), ()> {
+    async fn handle(
+        &self,
+        message: &OwnedMessage,
+        consumer: &GroupConsumer,
+        pos: &Position,
+        shutdown: &CancellationToken,
+    ) -> Handled {
+        let ours = || {
+            consumer
+                .context()
+                .assignment
+                .lock()
+                .expect("assignment lock")
+                .is_current(pos)
+        };
         // Tombstones and unreadable records: the settings reader logs them already.
         let Some(settings) = message
             .payload()
             .filter(|p| !p.is_empty())
             .and_then(|p| AccountSettings::decode(p).ok())
         else {
-            return Ok(());
+            return Handled::Done;
         };
         for (address, url) in wanted(&settings) {
             let key = marker_key(&address, url.expose());
             if self.sent.contains(&key) {
                 continue;
             }
-            let outcome = self.send(&address, &url, shutdown).await.ok_or(())?;
+            let outcome = match self.send(&address, &url, &ours, shutdown).await {
+                Ok(outcome) => outcome,
+                Err(handled) => return handled,
+            };
             let marker = Marker::new(&settings.account_id, &address, outcome);
             let payload = serde_json::to_vec(&marker).expect("markers serialize");
             let record = OutRecord::new(&self.topic, key.clone(), payload);
-            self.output.write(vec![record]).await.map_err(drop)?;
+            if self.output.write(vec![record]).await.is_err() {
+                return Handled::Stopping;
+            }
             self.sent.insert(key);
             self.metrics.verification(outcome);
         }
-        Ok(())
+        Handled::Done
     }
 
-    /// Sends one verification email, retrying transient failures; `None` when stopping.
+    /// Sends one verification email, retrying transient failures while the record is still
+    /// this instance's to handle.
     async fn send(
         &self,
         address: &str,
         url: &Secret,
+        ours: &impl Fn() -> bool,
         shutdown: &CancellationToken,
-    ) -> Option<VerificationOutcome> {
+    ) -> Result<VerificationOutcome, Handled> {
         let email = render::email::verification(address, url.expose());
         let mut delays = self.delays.iter();
         loop {
+            if !ours() {
+                return Err(Handled::Revoked);
+            }
             let failure = match self.mailer.send(address, &email, None).await {
                 Ok(()) => {
                     tracing::info!(address, "verification email sent");
-                    return Some(VerificationOutcome::Sent);
+                    return Ok(VerificationOutcome::Sent);
                 }
                 Err(failure) => failure,
             };
             if failure.permanent {
                 tracing::warn!(address, reason = %failure.reason, "verification email refused");
-                return Some(VerificationOutcome::Refused);
+                return Ok(VerificationOutcome::Refused);
             }
             let Some(delay) = delays.next() else {
                 tracing::error!(address, reason = %failure.reason, "verification email failed; giving up");
-                return Some(VerificationOutcome::Failed);
+                return Ok(VerificationOutcome::Failed);
             };
             tracing::warn!(address, reason = %failure.reason, ?delay, "verification email failed; retrying");
             tokio::select! {
-                _ = shutdown.cancelled() => return None,
+                _ = shutdown.cancelled() => return Err(Handled::Stopping),
                 _ = tokio::time::sleep(*delay) => {}
             }
         }

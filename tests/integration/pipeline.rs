@@ -434,7 +434,8 @@ async fn sigterm_drains_and_exits_zero_losing_nothing() {
             .send_event(&seed_event(&format!("evt_t{i}"), "acc"))
             .await;
     }
-    requests_reach(&receiver, 5).await;
+    // Every delivery has reached the receiver, which holds each answer 1.5 s: all are in flight.
+    requests_reach(&receiver, total).await;
     service.signal(libc::SIGTERM);
     assert_eq!(
         service.wait_exit(Duration::from_secs(30)).await,
