@@ -2,6 +2,7 @@
 //! event (CONTRACT §3 and §5). Each channel module turns it into its provider's format,
 //! escaping event text for its markup and cutting it to its limits.
 
+mod describe;
 pub mod discord;
 pub mod email;
 pub mod pagerduty;
@@ -9,7 +10,7 @@ pub mod slack;
 pub mod text;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::model::{Event, Severity};
 
@@ -62,29 +63,55 @@ impl<'a> Alert<'a> {
             .iter()
             .find_map(|k| product.get(*k).and_then(Value::as_str))
             .map(text::one_line);
-        let at = ["triggered_at"]
-            .iter()
-            .find_map(|k| alert.get(*k).and_then(Value::as_str))
+        let at = alert
+            .get("triggered_at")
+            .and_then(Value::as_str)
             .and_then(parse_time)
             .or_else(|| parse_time(event.raw()["occurred_at"].as_str().unwrap_or_default()))
             .unwrap_or_default();
         let product_label = capitalize(event.product_key());
+        let words = describe::describe(&describe::Subject {
+            kind: event.kind(),
+            product: &product_label,
+            name: &name,
+            target: target.as_deref(),
+            recovery: event.is_recovery(),
+            at,
+            alert,
+        });
         let mut view = Alert {
             event,
             severity: event.severity(),
             recovery: event.is_recovery(),
-            tag: String::new(),
+            tag: words.tag,
             product: product_label,
             name,
             target,
-            title: String::new(),
-            summary: String::new(),
-            detail: None,
+            title: words.title,
+            summary: words.summary,
+            detail: words.detail,
             facts: Vec::new(),
             at,
             link: link(dashboard, event.product_key(), event.resource_id()),
         };
-        describe(&mut view, alert);
+        // The resource first, then what the event type says, then severity and time.
+        view.fact(&view.product.clone(), Some(view.name.clone()));
+        if let Some(target) = view.target.clone() {
+            let label = if product.contains_key("url") {
+                "URL"
+            } else {
+                "Hostname"
+            };
+            view.fact(label, Some(target));
+        }
+        view.facts.extend(words.facts);
+        view.fact("Severity", Some(view.severity_label().to_owned()));
+        let time_label = if view.recovery {
+            "Recovered at"
+        } else {
+            "Triggered at"
+        };
+        view.fact(time_label, Some(view.when()));
         view
     }
 
@@ -112,177 +139,6 @@ impl<'a> Alert<'a> {
     }
 }
 
-/// Title, summary, detail and facts per event type; unknown types list their alert fields.
-fn describe(view: &mut Alert<'_>, alert: &Map<String, Value>) {
-    let get = |k: &str| alert.get(k).and_then(scalar);
-    let name = view.name.clone();
-    let kind = view.event.kind().to_owned();
-    view.fact(&view.product.clone(), Some(name.clone()));
-    if let Some(target) = view.target.clone() {
-        let label = if view.event.product().contains_key("url") {
-            "URL"
-        } else {
-            "Hostname"
-        };
-        view.fact(label, Some(target));
-    }
-    let region = get("region");
-    let code = get("status_code");
-    let ms = get("response_time_ms").map(|v| format!("{v} ms"));
-    let check = || {
-        let mut parts = Vec::new();
-        if let Some(code) = &code {
-            parts.push(format!("HTTP {code}"));
-        }
-        if let Some(region) = &region {
-            parts.push(format!("from {region}"));
-        }
-        if let Some(ms) = &ms {
-            parts.push(format!("after {ms}"));
-        }
-        parts.join(" ")
-    };
-    let sentence = |head: String, tail: String| {
-        if tail.is_empty() {
-            format!("{head}.")
-        } else {
-            format!("{head}: {tail}.")
-        }
-    };
-    match kind.as_str() {
-        "monitor.down" | "monitor.degraded" => {
-            let down = kind == "monitor.down";
-            view.tag = if down { "DOWN" } else { "DEGRADED" }.into();
-            view.title = format!("{name} is {}", if down { "down" } else { "degraded" });
-            let failing = alert.get("regions_failing").and_then(list);
-            let scope = match (&failing, down) {
-                (_, true) => " from all regions".to_owned(),
-                (Some(f), false) => format!(" in {f}"),
-                (None, false) => " in some regions".to_owned(),
-            };
-            view.summary = sentence(format!("{name} is failing{scope}"), check());
-            view.detail = region.clone();
-            view.fact("Regions failing", failing);
-        }
-        "monitor.ssl_expiring" => {
-            let days = get("days_remaining");
-            view.tag = "SSL EXPIRING".into();
-            view.title = match &days {
-                Some(d) => format!("SSL certificate of {name} expires in {d} {}", plural(d)),
-                None => format!("SSL certificate of {name} expires soon"),
-            };
-            view.summary = match get("expires_at").and_then(|t| parse_time(&t)) {
-                Some(t) => format!(
-                    "The certificate of {name} expires on {}.",
-                    t.format("%Y-%m-%d %H:%M UTC")
-                ),
-                None => format!("{}.", view.title),
-            };
-            view.detail = days.as_ref().map(|d| format!("{d} {} left", plural(d)));
-            view.fact("Expires at", get("expires_at"));
-            view.fact("Days remaining", days);
-        }
-        "server.anomaly" => {
-            let (metric, value, threshold) = (get("metric"), get("value"), get("threshold"));
-            let metric_name = metric.clone().unwrap_or_else(|| "metric".into());
-            view.tag = "ANOMALY".into();
-            view.title = format!("{metric_name} anomaly on {name}");
-            view.summary = match (&value, &threshold) {
-                (Some(v), Some(t)) => format!("{metric_name} is {v} on {name} (threshold {t})."),
-                (Some(v), None) => format!("{metric_name} is {v} on {name}."),
-                _ => format!("Anomaly detected in {metric_name} on {name}."),
-            };
-            view.detail = metric.clone();
-            view.fact("Metric", metric);
-            view.fact("Value", value);
-            view.fact("Threshold", threshold);
-        }
-        "server.offline" => {
-            view.tag = "OFFLINE".into();
-            view.title = format!("{name} is offline");
-            let last_seen = get("last_seen_at");
-            view.summary = match last_seen.as_deref().and_then(parse_time) {
-                Some(t) => format!(
-                    "The agent on {name} stopped reporting; last seen {}.",
-                    t.format("%Y-%m-%d %H:%M:%S UTC")
-                ),
-                None => format!("The agent on {name} stopped reporting."),
-            };
-            view.detail = view.target.clone();
-            view.fact("Last seen", last_seen);
-        }
-        _ if view.recovery => {
-            view.tag = "RECOVERED".into();
-            view.title = format!("{name} has recovered");
-            let condition = get("condition");
-            let metric = get("metric");
-            let what = match (condition.as_deref(), &metric) {
-                (Some("anomaly"), Some(m)) => format!("{m} on {name} is back to normal"),
-                (Some("offline"), _) => format!("{name} is reporting again"),
-                _ if kind == "monitor.recovered" => format!("{name} is up again"),
-                _ => format!("{name} has recovered"),
-            };
-            let down_since = get("down_since");
-            let lasted = down_since
-                .as_deref()
-                .and_then(parse_time)
-                .map(|since| human_duration(view.at - since));
-            view.summary = match &lasted {
-                Some(d) => format!("{what} after {d} down."),
-                None => format!("{what}."),
-            };
-            view.detail = if view.event.product_key() == "monitor" {
-                region.clone()
-            } else {
-                metric.clone().or(view.target.clone())
-            };
-            view.fact("Recovered from", condition);
-            view.fact("Metric", metric);
-            view.fact("Down for", lasted);
-            view.fact("Down since", down_since);
-        }
-        _ => {
-            let word = kind.split_once('.').map_or(kind.as_str(), |(_, w)| w);
-            view.tag = word.replace('_', " ").to_uppercase();
-            view.title = format!("{name}: {}", word.replace('_', " "));
-            view.summary = format!("{} {name} reported {kind}.", view.product);
-            for (key, value) in alert {
-                if !matches!(key.as_str(), "triggered_at" | "severity") {
-                    let label = capitalize(&key.replace('_', " "));
-                    view.fact(
-                        &label,
-                        scalar(value)
-                            .or_else(|| list(value))
-                            .or_else(|| Some(value.to_string())),
-                    );
-                }
-            }
-        }
-    }
-    if matches!(
-        kind.as_str(),
-        "monitor.down" | "monitor.degraded" | "monitor.recovered"
-    ) {
-        view.fact("Region", region);
-        view.fact("Response time", ms);
-        view.fact("Status code", code);
-    }
-    if view.tag.is_empty() {
-        view.tag = "ALERT".into();
-    }
-    let severity = view.severity_label().to_owned();
-    view.fact("Severity", Some(severity));
-    let when = view.when();
-    view.fact(
-        if view.recovery {
-            "Recovered at"
-        } else {
-            "Triggered at"
-        },
-        Some(when),
-    );
-}
-
 /// A string or number as text; other JSON values are not scalars.
 fn scalar(value: &Value) -> Option<String> {
     match value {
@@ -303,14 +159,6 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.with_timezone(&Utc))
-}
-
-fn plural(count: &str) -> &'static str {
-    if count == "1" {
-        "day"
-    } else {
-        "days"
-    }
 }
 
 fn capitalize(word: &str) -> String {
