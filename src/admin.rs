@@ -89,11 +89,14 @@ fn respond(
             "text/plain",
             readiness.waiting_for(),
         ),
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
+        "/metrics" => {
+            metrics.ready(readiness.is_ready());
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics.render(),
+            )
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

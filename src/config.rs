@@ -374,5 +374,7 @@ fn client_properties<'de, D: Deserializer<'de>>(
     Ok(out)
 }
 
+mod effective;
+
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod render;
 pub mod retry;
 pub mod router;
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Readiness;
 use crate::config::Settings;
 use crate::delivery::Channels;
-use crate::kafka::context::{commit_stored, subscribed};
+use crate::kafka::context::{commit_stored, subscribed, ServiceContext};
 use crate::kafka::producer::Output;
 use crate::kafka::topics::Topics;
 use crate::metrics::Metrics;
@@ -54,7 +55,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let topics = Topics::from_settings(&settings);
     let kafka = &settings.kafka;
     tracing::info!(brokers = %kafka.brokers, prefix = %kafka.topic_prefix, tiers = topics.retry.len(),
-        "starting sysmos-notify {}", env!("CARGO_PKG_VERSION"));
+        config = %settings.effective(), "starting sysmos-notify {}", env!("CARGO_PKG_VERSION"));
 
     if !kafka::topics::set_up(kafka, &topics, &shutdown).await? {
         return Ok(()); // stopped before the cluster answered
@@ -99,25 +100,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let router_consumer = subscribed(
         kafka,
         &kafka.group_id,
-        "router",
-        metrics.clone(),
-        readiness.router_joined.clone(),
+        ServiceContext::new("router", metrics.clone(), readiness.router_joined.clone()),
         &event_topics,
     )?;
     let deliverer_consumer = subscribed(
         kafka,
         &format!("{}.deliveries", kafka.group_id),
-        "deliverer",
-        metrics.clone(),
-        readiness.deliverer_joined.clone(),
+        ServiceContext::new(
+            "deliverer",
+            metrics.clone(),
+            readiness.deliverer_joined.clone(),
+        )
+        .with_tiers(&topics.retry),
         &topics.delivery_topics(),
     )?;
     let verifier_consumer = subscribed(
         kafka,
         &format!("{}.verifications", kafka.group_id),
-        "verifier",
-        metrics.clone(),
-        Arc::default(),
+        ServiceContext::new("verifier", metrics.clone(), Arc::default()),
         &[&topics.config],
     )?;
 

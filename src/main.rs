@@ -1,10 +1,13 @@
-//! The `sysmos-notify` binary: parse arguments, load settings, start logging, run.
+//! The `sysmos-notify` binary: parse arguments, load settings, start logging, then run the
+//! service or one operator command.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use sysmos_notify::config::Settings;
+use sysmos_notify::ops::{self, dlq, Ops};
 
 #[derive(Parser)]
 #[command(
@@ -13,22 +16,90 @@ use sysmos_notify::config::Settings;
     about = "Alert delivery for the Sysmos monitoring platform"
 )]
 struct Cli {
+    /// Configuration file (built-in defaults without it; SYSMOS_NOTIFY__SECTION__KEY overrides).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service (built-in defaults without --config; SYSMOS_NOTIFY__SECTION__KEY overrides).
-    Run {
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-    },
+    /// Run the service.
+    Run,
     /// Check a configuration file (and the environment) without starting anything.
     CheckConfig {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Inspect and replay the dead-letter topic.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Send a test notification through the durable pipeline and print the provider's answer.
+    SendTest {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        channel: String,
+        /// How long to wait for the final outcome (retries included).
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        wait: Duration,
+    },
+    /// Show cached settings.
+    Settings {
+        #[command(subcommand)]
+        action: SettingsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters as a table.
+    List(FilterArgs),
+    /// Put dead letters back on the deliveries topic with a fresh attempt count.
+    Replay {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print what would be replayed without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsAction {
+    /// The settings of one account, secrets masked.
+    Show {
+        #[arg(value_name = "ACCOUNT")]
+        account: String,
+    },
+}
+
+#[derive(Args)]
+struct FilterArgs {
+    #[arg(long)]
+    account: Option<String>,
+    #[arg(long)]
+    channel: Option<String>,
+    /// An RFC 3339 time, or a duration back from now (`2h`, `30m`).
+    #[arg(long, value_name = "T", value_parser = ops::parse_since)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<FilterArgs> for dlq::Filter {
+    fn from(args: FilterArgs) -> Self {
+        Self {
+            account: args.account,
+            channel: args.channel,
+            since: args.since,
+        }
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    sysmos_notify::config::parse_duration(text)
 }
 
 /// Exit status for a configuration that was refused (CONTRACT §1).
@@ -36,9 +107,9 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (file, check_only) = match &cli.command {
-        Command::Run { config } => (config.as_deref(), false),
-        Command::CheckConfig { file } => (Some(file.as_path()), true),
+    let file = match &cli.command {
+        Command::CheckConfig { file } => Some(file.as_path()),
+        _ => cli.config.as_deref(),
     };
     let settings = match Settings::load(file) {
         Ok(settings) => settings,
@@ -47,11 +118,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if check_only {
+    if matches!(cli.command, Command::CheckConfig { .. }) {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    sysmos_notify::telemetry::init();
+    let running = matches!(cli.command, Command::Run);
+    sysmos_notify::telemetry::init_with(if running { "info" } else { "warn" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -59,16 +131,43 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        let shutdown = sysmos_notify::shutdown::on_signal();
-        sysmos_notify::run(settings, shutdown).await
-    });
+    let result = runtime.block_on(command(cli.command, settings));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("sysmos-notify: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs one command; `Ok(false)` is a clean failure already explained on stdout.
+async fn command(command: Command, settings: Settings) -> anyhow::Result<bool> {
+    if let Command::Run = command {
+        let shutdown = sysmos_notify::shutdown::on_signal();
+        sysmos_notify::run(settings, shutdown).await?;
+        return Ok(true);
+    }
+    let ops = Ops::connect(settings).await?;
+    match command {
+        Command::Run | Command::CheckConfig { .. } => unreachable!("handled above"),
+        Command::Dlq {
+            action: DlqAction::List(filter),
+        } => dlq::list(&ops, &filter.into()).map(|()| true),
+        Command::Dlq {
+            action: DlqAction::Replay { filter, dry_run },
+        } => dlq::replay(&ops, &filter.into(), dry_run)
+            .await
+            .map(|()| true),
+        Command::SendTest {
+            account,
+            channel,
+            wait,
+        } => ops::send_test::send_test(&ops, &account, &channel, wait).await,
+        Command::Settings {
+            action: SettingsAction::Show { account },
+        } => ops::show::settings(&ops, &account).map(|()| true),
     }
 }

@@ -2,8 +2,8 @@
 //! metric name or label string appears at a call site.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub const CHANNELS: [&str; 5] = ["webhook", "slack", "discord", "email", "pagerduty"];
@@ -52,11 +52,16 @@ impl VerificationOutcome {
 
 pub struct Metrics {
     registry: Registry,
+    /// Every metric family's name, for checks of what dashboards and rules may query.
+    names: Vec<String>,
     events: IntCounterVec,
     deliveries: IntCounterVec,
     duration: HistogramVec,
     lag: IntGaugeVec,
+    lag_seconds: GaugeVec,
+    retry_backlog: IntGaugeVec,
     accounts: IntGauge,
+    ready: IntGauge,
     config_records: IntCounterVec,
     verifications: IntCounterVec,
 }
@@ -64,6 +69,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let mut names = Vec::new();
         let events = IntCounterVec::new(
             Opts::new(
                 "sysmos_notify_events_total",
@@ -99,9 +105,30 @@ impl Metrics {
             &["topic", "partition"],
         )
         .expect("valid metric");
+        let lag_seconds = GaugeVec::new(
+            Opts::new(
+                "sysmos_notify_consumer_lag_seconds",
+                "Age of the oldest record not yet processed, per assigned partition (0 when idle).",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        let retry_backlog = IntGaugeVec::new(
+            Opts::new(
+                "sysmos_notify_retry_backlog",
+                "Deliveries waiting in each retry tier, over the partitions assigned here.",
+            ),
+            &["tier"],
+        )
+        .expect("valid metric");
         let accounts = IntGauge::new(
             "sysmos_notify_config_accounts",
             "Accounts in the settings cache.",
+        )
+        .expect("valid metric");
+        let ready = IntGauge::new(
+            "sysmos_notify_ready",
+            "1 when /readyz answers 200 (settings loaded, consumers in their groups), else 0.",
         )
         .expect("valid metric");
         let config_records = IntCounterVec::new(
@@ -125,10 +152,14 @@ impl Metrics {
             Box::new(deliveries.clone()),
             Box::new(duration.clone()),
             Box::new(lag.clone()),
+            Box::new(lag_seconds.clone()),
+            Box::new(retry_backlog.clone()),
             Box::new(accounts.clone()),
+            Box::new(ready.clone()),
             Box::new(config_records.clone()),
             Box::new(verifications.clone()),
         ] {
+            names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
             registry
                 .register(collector)
                 .expect("metric registered once");
@@ -150,11 +181,15 @@ impl Metrics {
         }
         Self {
             registry,
+            names,
             events,
             deliveries,
             duration,
             lag,
+            lag_seconds,
+            retry_backlog,
             accounts,
+            ready,
             config_records,
             verifications,
         }
@@ -189,17 +224,30 @@ impl Metrics {
         self.duration.with_label_values(&[channel]).observe(seconds);
     }
 
-    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
-        self.lag
-            .with_label_values(&[topic, &partition.to_string()])
-            .set(lag);
+    /// Lag of an assigned partition: messages behind the end, and the oldest one's age.
+    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64, age_seconds: f64) {
+        let labels = [topic, &partition.to_string()];
+        self.lag.with_label_values(&labels).set(lag);
+        self.lag_seconds.with_label_values(&labels).set(age_seconds);
     }
 
     /// A partition is no longer assigned here: its lag is another instance's to report.
     pub fn forget_lag(&self, topic: &str, partition: i32) {
-        let _ = self
-            .lag
-            .remove_label_values(&[topic, &partition.to_string()]);
+        let labels = [topic, &partition.to_string()];
+        let _ = self.lag.remove_label_values(&labels);
+        let _ = self.lag_seconds.remove_label_values(&labels);
+    }
+
+    /// Deliveries waiting in retry tier `tier` (1-based) on the partitions assigned here.
+    pub fn retry_backlog(&self, tier: usize, waiting: i64) {
+        self.retry_backlog
+            .with_label_values(&[&tier.to_string()])
+            .set(waiting);
+    }
+
+    /// The name of every metric family this service exposes (histograms without suffixes).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     pub fn config_record(&self, outcome: ConfigOutcome) {
@@ -210,6 +258,10 @@ impl Metrics {
             ConfigOutcome::Invalid => "invalid",
         };
         self.config_records.with_label_values(&[label]).inc();
+    }
+
+    pub fn ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     pub fn accounts(&self, count: usize) {
@@ -242,7 +294,8 @@ mod tests {
         m.event(EventOutcome::Routed);
         m.delivery("webhook", DeliveryOutcome::Delivered);
         m.request_duration("webhook", 0.02);
-        m.consumer_lag("monitor.alerts", 3, 12);
+        m.consumer_lag("monitor.alerts", 3, 12, 1.5);
+        m.retry_backlog(2, 7);
         m.accounts(2);
         let text = m.render();
         for line in [
@@ -251,6 +304,8 @@ mod tests {
             "sysmos_notify_deliveries_total{channel=\"webhook\",outcome=\"delivered\"} 1",
             "sysmos_notify_delivery_duration_seconds_count{channel=\"webhook\"} 1",
             "sysmos_notify_consumer_lag{partition=\"3\",topic=\"monitor.alerts\"} 12",
+            "sysmos_notify_consumer_lag_seconds{partition=\"3\",topic=\"monitor.alerts\"} 1.5",
+            "sysmos_notify_retry_backlog{tier=\"2\"} 7",
             "sysmos_notify_config_accounts 2",
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");

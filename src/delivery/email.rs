@@ -121,11 +121,7 @@ pub async fn send(
     alert: &Alert<'_>,
     recipients: &[Recipient],
 ) -> Sent {
-    let earlier: HashSet<&str> = record
-        .attempts
-        .iter()
-        .flat_map(|a| a.reached.iter().map(String::as_str))
-        .collect();
+    let earlier: HashSet<&str> = record.reached_so_far().collect();
     let mut targets: Vec<&str> = Vec::new();
     for r in recipients.iter().filter(|r| r.verified) {
         if !earlier.contains(r.address.as_str()) && !targets.contains(&r.address.as_str()) {

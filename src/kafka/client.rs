@@ -14,9 +14,73 @@ fn base(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
-fn passthrough(config: &mut ClientConfig, settings: &KafkaSettings) {
+/// librdkafka properties that only consumers take (exact names, or prefixes ending in `.`).
+const CONSUMER_ONLY: &[&str] = &[
+    "fetch.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.",
+    "partition.assignment.strategy",
+    "max.poll.interval.ms",
+    "auto.offset.reset",
+    "auto.commit.interval.ms",
+    "enable.partition.eof",
+    "check.crcs",
+    "queued.",
+    "isolation.level",
+    "coordinator.query.interval.ms",
+    "consume.callback.max.messages",
+];
+
+/// librdkafka properties that only producers take.
+const PRODUCER_ONLY: &[&str] = &[
+    "linger.ms",
+    "queue.buffering.",
+    "batch.",
+    "acks",
+    "request.required.acks",
+    "compression.",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "message.send.max.retries",
+    "retries",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "sticky.partitioning.linger.ms",
+    "partitioner",
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Consumer,
+    Producer,
+    Admin,
+}
+
+fn listed(key: &str, list: &[&str]) -> bool {
+    list.iter().any(|p| {
+        if p.ends_with('.') {
+            key.starts_with(p)
+        } else {
+            key == *p
+        }
+    })
+}
+
+/// `kafka.client` properties for a client of `role`: a consumer-only property is not given to
+/// the producer (librdkafka would warn that it ignores it), and the other way round.
+fn passthrough(config: &mut ClientConfig, settings: &KafkaSettings, role: Role) {
     for (key, value) in &settings.client {
-        config.set(key, value);
+        let skip = match role {
+            Role::Consumer => listed(key, PRODUCER_ONLY),
+            Role::Producer => listed(key, CONSUMER_ONLY),
+            Role::Admin => listed(key, PRODUCER_ONLY) || listed(key, CONSUMER_ONLY),
+        };
+        if !skip {
+            config.set(key, value);
+        }
     }
 }
 
@@ -36,7 +100,7 @@ pub fn group_consumer(settings: &KafkaSettings, group_id: &str) -> ClientConfig 
         .set("topic.metadata.refresh.interval.ms", "30000")
         // Bounded prefetch: memory stays flat however deep the backlog.
         .set("queued.max.messages.kbytes", "16384");
-    passthrough(&mut config, settings);
+    passthrough(&mut config, settings, Role::Consumer);
     config
 }
 
@@ -48,7 +112,7 @@ pub fn reader(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    passthrough(&mut config, settings);
+    passthrough(&mut config, settings, Role::Consumer);
     config
 }
 
@@ -60,12 +124,41 @@ pub fn producer(settings: &KafkaSettings) -> ClientConfig {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "none");
-    passthrough(&mut config, settings);
+    passthrough(&mut config, settings, Role::Producer);
     config
 }
 
 pub fn admin(settings: &KafkaSettings) -> ClientConfig {
     let mut config = base(settings);
-    passthrough(&mut config, settings);
+    passthrough(&mut config, settings, Role::Admin);
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_client_gets_the_properties_it_takes() {
+        let mut settings = crate::config::Settings::load_with_env(None, std::iter::empty())
+            .unwrap()
+            .kafka;
+        for (k, v) in [
+            ("fetch.wait.max.ms", "10"),
+            ("session.timeout.ms", "6000"),
+            ("linger.ms", "20"),
+            ("security.protocol", "SASL_SSL"),
+        ] {
+            settings.client.insert(k.into(), v.into());
+        }
+        let consumer = group_consumer(&settings, "g");
+        let producer = producer(&settings);
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        for config in [&consumer, &producer, &admin(&settings)] {
+            assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        }
+    }
 }

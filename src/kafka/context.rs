@@ -1,5 +1,6 @@
 //! Where librdkafka meets telemetry: its logs go to `tracing`, its statistics become the
-//! `sysmos_notify_consumer_lag` gauges, and rebalances update the consumer's assignment.
+//! lag gauges (messages, seconds, retry backlog), and rebalances update the consumer's
+//! assignment.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,8 @@ pub struct ServiceContext {
     /// Set on the first assignment: the consumer has joined its group.
     joined: Arc<AtomicBool>,
     reported_lag: Mutex<HashSet<(String, i32)>>,
+    /// `P.retry.1..N` when this consumer reads the tiers: their lag is the retry backlog.
+    tiers: Vec<String>,
 }
 
 impl ServiceContext {
@@ -34,7 +37,14 @@ impl ServiceContext {
             assignment: Arc::default(),
             joined,
             reported_lag: Mutex::default(),
+            tiers: Vec::new(),
         }
+    }
+
+    /// Reports the lag of these retry-tier topics as `sysmos_notify_retry_backlog{tier}`.
+    pub fn with_tiers(mut self, tiers: &[String]) -> Self {
+        self.tiers = tiers.to_vec();
+        self
     }
 }
 
@@ -83,35 +93,41 @@ impl ClientContext for ServiceContext {
     }
 
     fn stats(&self, stats: Statistics) {
-        let owned: HashSet<(String, i32)> = {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut owned = HashSet::new();
+        let mut backlog = vec![0; self.tiers.len()];
+        {
             let assignment = self.assignment.lock().expect("assignment lock");
-            stats
-                .topics
-                .values()
-                .flat_map(|t| {
-                    t.partitions
-                        .values()
-                        .map(move |p| (t.topic.clone(), p.partition))
-                })
-                .filter(|(topic, partition)| assignment.owns(topic, *partition))
-                .collect()
-        };
-        for topic in stats.topics.values() {
-            for p in topic.partitions.values() {
-                if !owned.contains(&(topic.topic.clone(), p.partition)) {
-                    continue;
+            for topic in stats.topics.values() {
+                for p in topic.partitions.values() {
+                    let Some(age_ms) = assignment.oldest_age_ms(&topic.topic, p.partition, now_ms)
+                    else {
+                        continue; // not assigned to this consumer (or librdkafka's -1 partition)
+                    };
+                    // Lag from the committed offset, as Kafka tools report it; before the first
+                    // commit everything the broker holds is still to be read.
+                    let lag = if p.consumer_lag >= 0 {
+                        p.consumer_lag
+                    } else if p.hi_offset >= 0 && p.lo_offset >= 0 {
+                        p.hi_offset - p.lo_offset
+                    } else {
+                        continue;
+                    };
+                    self.metrics.consumer_lag(
+                        &topic.topic,
+                        p.partition,
+                        lag,
+                        age_ms as f64 / 1000.0,
+                    );
+                    if let Some(tier) = self.tiers.iter().position(|t| *t == topic.topic) {
+                        backlog[tier] += lag;
+                    }
+                    owned.insert((topic.topic.clone(), p.partition));
                 }
-                // Lag from the committed offset, as Kafka tools report it; before the first
-                // commit everything the broker holds is still to be read.
-                let lag = if p.consumer_lag >= 0 {
-                    p.consumer_lag
-                } else if p.hi_offset >= 0 && p.lo_offset >= 0 {
-                    p.hi_offset - p.lo_offset
-                } else {
-                    continue;
-                };
-                self.metrics.consumer_lag(&topic.topic, p.partition, lag);
             }
+        }
+        for (tier, waiting) in backlog.into_iter().enumerate() {
+            self.metrics.retry_backlog(tier + 1, waiting);
         }
         let mut reported = self.reported_lag.lock().expect("lag lock");
         for (topic, partition) in reported.difference(&owned) {
@@ -173,20 +189,18 @@ impl ConsumerContext for ServiceContext {
 /// A group consumer of this service.
 pub type GroupConsumer = rdkafka::consumer::StreamConsumer<ServiceContext>;
 
-/// A consumer of `group` subscribed to `topics`; `joined` turns true on its first assignment.
+/// A consumer of `group` with `context`, subscribed to `topics`.
 pub fn subscribed(
     kafka: &crate::config::KafkaSettings,
     group: &str,
-    role: &'static str,
-    metrics: Arc<Metrics>,
-    joined: Arc<AtomicBool>,
+    context: ServiceContext,
     topics: &[&str],
 ) -> anyhow::Result<Arc<GroupConsumer>> {
     use rdkafka::config::FromClientConfigAndContext;
     use rdkafka::consumer::Consumer;
     let consumer = GroupConsumer::from_config_and_context(
         &super::client::group_consumer(kafka, group),
-        ServiceContext::new(role, metrics, joined),
+        context,
     )?;
     consumer.subscribe(topics)?;
     Ok(Arc::new(consumer))
@@ -202,38 +216,54 @@ pub fn begin<M: rdkafka::Message>(
         .assignment
         .lock()
         .expect("assignment lock")
-        .begin(message.topic(), message.partition(), message.offset())
+        .begin(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            message.timestamp().to_millis(),
+        )
 }
 
 /// Marks the work on `pos` finished and stores the partition's new low-water offset, which the
 /// background commit then makes durable.
 pub fn finish(consumer: &GroupConsumer, pos: &super::offsets::Position) {
-    let next = consumer
+    // librdkafka keeps the last offset stored, not the highest: computing the offset and
+    // storing it under one lock keeps a slower task from storing an older offset last.
+    let mut assignment = consumer
         .context()
         .assignment
         .lock()
-        .expect("assignment lock")
-        .finish(pos);
-    if let Some(next) = next {
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(&pos.topic, pos.partition, rdkafka::Offset::Offset(next))
-            .is_ok()
-        {
-            if let Err(error) = consumer.store_offsets(&tpl) {
-                // The partition was revoked meanwhile; its next owner repeats the work.
-                tracing::debug!(topic = %pos.topic, partition = pos.partition, %error, "offset not stored");
-            }
+        .expect("assignment lock");
+    let Some(next) = assignment.finish(pos) else {
+        return;
+    };
+    let mut tpl = TopicPartitionList::new();
+    if tpl
+        .add_partition_offset(&pos.topic, pos.partition, rdkafka::Offset::Offset(next))
+        .is_ok()
+    {
+        if let Err(error) = consumer.store_offsets(&tpl) {
+            // The partition was revoked meanwhile; its next owner repeats the work.
+            tracing::debug!(topic = %pos.topic, partition = pos.partition, %error, "offset not stored");
         }
     }
+    drop(assignment);
 }
 
-/// Commits every stored offset synchronously (shutdown).
+/// Commits every stored offset synchronously (shutdown) and logs where each partition stands.
 pub fn commit_stored(consumer: &GroupConsumer, role: &str) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(error) => {
             tracing::warn!(role, %error, "final commit failed; the uncommitted work will be repeated")
         }
+    }
+    if let Ok(committed) = consumer.committed(std::time::Duration::from_secs(5)) {
+        let offsets: Vec<String> = committed
+            .elements()
+            .iter()
+            .map(|e| format!("{}[{}]={:?}", e.topic(), e.partition(), e.offset()))
+            .collect();
+        tracing::info!(role, offsets = ?offsets, "committed at shutdown");
     }
 }

@@ -2,12 +2,13 @@
 //! Work finishes out of order (deliveries run concurrently), the stored offset never passes
 //! an unfinished one. Generations keep work from a revoked assignment from storing anything.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// Progress of one partition within one assignment.
 #[derive(Debug, Default)]
 pub struct PartitionProgress {
-    pending: BTreeSet<i64>,
+    /// Offsets begun and not finished, with their record timestamps (ms since the epoch).
+    pending: BTreeMap<i64, Option<i64>>,
     /// One past the highest offset begun.
     next: Option<i64>,
     stored: Option<i64>,
@@ -15,11 +16,11 @@ pub struct PartitionProgress {
 
 impl PartitionProgress {
     /// Registers work on `offset`. False when it was already begun (a re-fetched message).
-    pub fn begin(&mut self, offset: i64) -> bool {
+    pub fn begin(&mut self, offset: i64, timestamp_ms: Option<i64>) -> bool {
         if self.next.is_some_and(|next| offset < next) {
             return false;
         }
-        self.pending.insert(offset);
+        self.pending.insert(offset, timestamp_ms);
         self.next = Some(offset + 1);
         // Where reading started is already the committed position: nothing to store for it.
         self.stored.get_or_insert(offset);
@@ -28,15 +29,26 @@ impl PartitionProgress {
 
     /// Marks `offset` finished; returns the offset to store (the next one to read) when it advanced.
     pub fn finish(&mut self, offset: i64) -> Option<i64> {
-        if !self.pending.remove(&offset) {
-            return None;
-        }
-        let candidate = self.pending.first().copied().or(self.next)?;
+        self.pending.remove(&offset)?;
+        let candidate = self
+            .pending
+            .first_key_value()
+            .map(|(o, _)| *o)
+            .or(self.next)?;
         if self.stored.is_some_and(|s| s >= candidate) {
             return None;
         }
         self.stored = Some(candidate);
         Some(candidate)
+    }
+
+    /// Age of the oldest record begun and not finished: records not yet received are newer
+    /// still, so this is the age of the oldest record not yet processed. Zero when idle.
+    pub fn oldest_age_ms(&self, now_ms: i64) -> i64 {
+        self.pending
+            .first_key_value()
+            .and_then(|(_, ts)| *ts)
+            .map_or(0, |ts| (now_ms - ts).max(0))
     }
 }
 
@@ -72,9 +84,15 @@ impl Assignment {
     }
 
     /// Begins work on a message; `None` when its partition is not assigned or it was begun already.
-    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> Option<Position> {
+    pub fn begin(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+    ) -> Option<Position> {
         let (generation, progress) = self.partitions.get_mut(&(topic.to_owned(), partition))?;
-        progress.begin(offset).then(|| Position {
+        progress.begin(offset, timestamp_ms).then(|| Position {
             topic: topic.to_owned(),
             partition,
             offset,
@@ -100,8 +118,11 @@ impl Assignment {
             .is_some_and(|(g, _)| *g == pos.generation)
     }
 
-    pub fn owns(&self, topic: &str, partition: i32) -> bool {
-        self.partitions.contains_key(&(topic.to_owned(), partition))
+    /// The oldest unprocessed record's age per owned partition, in milliseconds.
+    pub fn oldest_age_ms(&self, topic: &str, partition: i32, now_ms: i64) -> Option<i64> {
+        self.partitions
+            .get(&(topic.to_owned(), partition))
+            .map(|(_, progress)| progress.oldest_age_ms(now_ms))
     }
 }
 
@@ -113,15 +134,25 @@ mod tests {
     fn stored_offset_never_passes_unfinished_work() {
         let mut p = PartitionProgress::default();
         for o in 10..14 {
-            assert!(p.begin(o));
+            assert!(p.begin(o, Some(o * 1000)));
         }
+        assert_eq!(
+            p.oldest_age_ms(15_000),
+            5_000,
+            "offset 10 is the oldest pending"
+        );
         assert_eq!(p.finish(11), None, "10 is still in flight");
         assert_eq!(p.finish(13), None);
         assert_eq!(p.finish(10), Some(12), "12 is the lowest unfinished");
+        assert_eq!(p.oldest_age_ms(15_000), 3_000);
         assert_eq!(p.finish(12), Some(14), "all done: store one past the last");
+        assert_eq!(p.oldest_age_ms(15_000), 0, "idle");
         assert_eq!(p.finish(12), None, "finishing twice changes nothing");
-        assert!(!p.begin(13), "a re-fetched message is not begun again");
-        assert!(p.begin(20), "a gap (compaction) is fine");
+        assert!(
+            !p.begin(13, None),
+            "a re-fetched message is not begun again"
+        );
+        assert!(p.begin(20, None), "a gap (compaction) is fine");
         assert_eq!(p.finish(20), Some(21));
     }
 
@@ -129,8 +160,11 @@ mod tests {
     fn a_revoked_generation_stores_nothing() {
         let mut a = Assignment::default();
         a.assign([("t".to_owned(), 0)]);
-        let old = a.begin("t", 0, 5).unwrap();
-        assert!(a.begin("t", 1, 0).is_none(), "partition 1 is not ours");
+        let old = a.begin("t", 0, 5, None).unwrap();
+        assert!(
+            a.begin("t", 1, 0, None).is_none(),
+            "partition 1 is not ours"
+        );
         a.revoke([("t".to_owned(), 0)]);
         assert!(!a.is_current(&old));
         a.assign([("t".to_owned(), 0)]);
@@ -139,7 +173,7 @@ mod tests {
             None,
             "work from before the rebalance is ignored"
         );
-        let new = a.begin("t", 0, 5).unwrap();
+        let new = a.begin("t", 0, 5, None).unwrap();
         assert_eq!(a.finish(&new), Some(6));
     }
 }

@@ -12,6 +12,8 @@ use crate::config::{KafkaSettings, Settings};
 
 /// Dead letters and rejected events wait for an operator: keep them 30 days.
 const LONG_RETENTION_MS: &str = "2592000000";
+/// `send-test` reads its report within minutes.
+const ONE_DAY_MS: &str = "86400000";
 
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -23,6 +25,10 @@ pub struct Topics {
     pub rejected: String,
     /// Compacted: the verification emails already sent, keyed by (address, URL) hash.
     pub verifications: String,
+    /// Compacted: dead letters already replayed by `dlq replay`.
+    pub replayed: String,
+    /// Attempt reports of `send-test` deliveries; kept one day.
+    pub reports: String,
 }
 
 impl Topics {
@@ -34,6 +40,8 @@ impl Topics {
             dlq: format!("{prefix}.dlq"),
             rejected: format!("{prefix}.rejected"),
             verifications: format!("{prefix}.verifications"),
+            replayed: format!("{prefix}.replayed"),
+            reports: format!("{prefix}.reports"),
         }
     }
 
@@ -120,6 +128,10 @@ pub async fn ensure(
             TopicReplication::Fixed(-1),
         )
         .set("cleanup.policy", "compact"),
+        NewTopic::new(&topics.replayed, partitions, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact"),
+        NewTopic::new(&topics.reports, partitions, TopicReplication::Fixed(-1))
+            .set("retention.ms", ONE_DAY_MS),
         NewTopic::new(&topics.deliveries, partitions, TopicReplication::Fixed(-1)),
         NewTopic::new(&topics.dlq, partitions, TopicReplication::Fixed(-1))
             .set("retention.ms", LONG_RETENTION_MS),

@@ -28,6 +28,13 @@ pub struct DeliveryRecord {
     /// Every attempt made so far, oldest first.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// Email recipients reached before `attempts` began (kept when a dead letter is replayed
+    /// with a fresh attempt count, so nobody gets the alert twice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reached: Vec<String>,
+    /// Set by `send-test`: every attempt's outcome is also written to `P.reports`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report: bool,
     /// The event as received, unknown fields included.
     pub event: Event,
 }
@@ -60,6 +67,21 @@ pub struct Attempt {
     pub reached: Vec<String>,
 }
 
+/// What `P.reports` holds for a delivery with `report` set: one attempt and what follows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptReport {
+    pub delivery_id: String,
+    pub attempt: Attempt,
+    /// `delivered`, `retry` (with `retry_tier` and `not_before`) or `dead_lettered` (with `reason`).
+    pub next: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_tier: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// What `P.dlq` holds: the delivery with every attempt, and why it stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -81,8 +103,28 @@ impl DeliveryRecord {
             created_at: now,
             not_before: None,
             attempts: Vec::new(),
+            reached: Vec::new(),
+            report: false,
             event: event.clone(),
         }
+    }
+
+    /// Every email recipient some earlier attempt reached.
+    pub fn reached_so_far(&self) -> impl Iterator<Item = &str> {
+        self.reached
+            .iter()
+            .chain(self.attempts.iter().flat_map(|a| a.reached.iter()))
+            .map(String::as_str)
+    }
+
+    /// The delivery as a replay puts it back on `P.deliveries`: a fresh attempt count, due
+    /// now, with the recipients already reached remembered.
+    pub fn replayed(&self) -> Self {
+        let mut fresh = self.clone();
+        fresh.reached = self.reached_so_far().map(str::to_owned).collect();
+        fresh.attempts.clear();
+        fresh.not_before = None;
+        fresh
     }
 
     /// The Kafka key of delivery, retry and DLQ records: all deliveries of one channel share

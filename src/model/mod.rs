@@ -5,6 +5,6 @@ pub mod delivery;
 pub mod event;
 pub mod settings;
 
-pub use delivery::{Attempt, AttemptOutcome, DeadLetter, DeliveryRecord};
+pub use delivery::{Attempt, AttemptOutcome, AttemptReport, DeadLetter, DeliveryRecord};
 pub use event::{Event, Severity};
 pub use settings::{AccountSettings, Channel, ChannelKind, Secret};

@@ -21,7 +21,7 @@ use crate::kafka::offsets::Position;
 use crate::kafka::producer::{OutRecord, Output};
 use crate::kafka::topics::Topics;
 use crate::metrics::{DeliveryOutcome, Metrics};
-use crate::model::{Attempt, AttemptOutcome, DeadLetter, DeliveryRecord};
+use crate::model::{Attempt, AttemptOutcome, AttemptReport, DeadLetter, DeliveryRecord};
 use crate::settings_cache::SettingsCache;
 
 pub struct Deliverer {
@@ -146,13 +146,13 @@ impl Deliverer {
         ));
         let attempt = record.attempts.len();
         let step = next_step(&outcome, tier, &self.delays, Utc::now());
-        let (written, counted) = match &step {
-            Step::Done => (Ok(()), DeliveryOutcome::Delivered),
+        let (mut out, counted) = match &step {
+            Step::Done => (Vec::new(), DeliveryOutcome::Delivered),
             Step::Retry { tier, not_before } => {
                 record.not_before = Some(*not_before);
                 let payload = serde_json::to_vec(&record).expect("delivery records serialize");
                 let out = OutRecord::new(self.topics.tier_topic(*tier), record.key(), payload);
-                (self.output.write(vec![out]).await, DeliveryOutcome::Retried)
+                (vec![out], DeliveryOutcome::Retried)
             }
             Step::DeadLetter { reason } => {
                 let letter = DeadLetter {
@@ -162,11 +162,16 @@ impl Deliverer {
                 };
                 let payload = serde_json::to_vec(&letter).expect("dead letters serialize");
                 let out = OutRecord::new(&self.topics.dlq, record.key(), payload);
-                (
-                    self.output.write(vec![out]).await,
-                    DeliveryOutcome::DeadLettered,
-                )
+                (vec![out], DeliveryOutcome::DeadLettered)
             }
+        };
+        if record.report {
+            out.push(self.report(&record, &step));
+        }
+        let written = if out.is_empty() {
+            Ok(())
+        } else {
+            self.output.write(out).await
         };
         if written.is_err() {
             return; // stopping and the broker did not take it: not finished, repeated after restart
@@ -178,20 +183,51 @@ impl Deliverer {
             (&record.account_id, &record.channel_id, &record.delivery_id);
         match (&step, &outcome) {
             (Step::Done, _) => {
-                tracing::info!(account = %account, channel = %channel_id, delivery = %id, attempt,
-                status, ms, "delivered")
+                tracing::info!(account = %account, channel = %channel_id, channel_type = kind, delivery = %id,
+                attempt, status, ms, "delivered")
             }
             (Step::Retry { tier, not_before }, Outcome::Retry { error, .. }) => {
-                tracing::warn!(account = %account,
-                channel = %channel_id, delivery = %id, attempt, status, ms, tier, %not_before, %error, "attempt failed; retry scheduled")
+                tracing::warn!(account = %account, channel = %channel_id, channel_type = kind,
+                delivery = %id, attempt, status, ms, tier, %not_before, %error, "attempt failed; retry scheduled")
             }
             (Step::DeadLetter { reason }, _) => {
-                tracing::error!(account = %account, channel = %channel_id,
+                tracing::error!(account = %account, channel = %channel_id, channel_type = kind,
                 delivery = %id, attempt, status, ms, %reason, "delivery dead-lettered")
             }
             (Step::Retry { .. }, _) => {}
         }
         finish(&consumer, &pos);
+    }
+
+    /// The `P.reports` record of the attempt just made (for `send-test`).
+    fn report(&self, record: &DeliveryRecord, step: &Step) -> OutRecord {
+        let attempt = record
+            .attempts
+            .last()
+            .expect("an attempt was just made")
+            .clone();
+        let mut report = AttemptReport {
+            delivery_id: record.delivery_id.clone(),
+            attempt,
+            next: String::new(),
+            retry_tier: None,
+            not_before: None,
+            reason: None,
+        };
+        match step {
+            Step::Done => report.next = "delivered".into(),
+            Step::Retry { tier, not_before } => {
+                report.next = "retry".into();
+                report.retry_tier = Some(*tier);
+                report.not_before = Some(*not_before);
+            }
+            Step::DeadLetter { reason } => {
+                report.next = "dead_lettered".into();
+                report.reason = Some(reason.clone());
+            }
+        }
+        let payload = serde_json::to_vec(&report).expect("reports serialize");
+        OutRecord::new(&self.topics.reports, record.delivery_id.clone(), payload)
     }
 
     /// A record of a delivery topic that cannot be read goes to the DLQ as it is, with the reason.

@@ -5,7 +5,10 @@
 mod channels;
 mod cli;
 mod common;
+mod deploy;
 mod email;
+mod offsets;
+mod operator;
 mod pipeline;
 mod render;
 mod schemas;

@@ -448,7 +448,8 @@ async fn sigterm_drains_and_exits_zero_losing_nothing() {
     assert_eq!(
         committed(&group, &setup.events_topic),
         total as i64,
-        "events committed"
+        "events committed; log:\n{}",
+        service.logs()
     );
     assert_eq!(
         committed(&format!("{group}.deliveries"), &setup.topic("deliveries")),

@@ -400,7 +400,11 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_sysmos-notify"))
             .args(["run", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "info,librdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("SYSMOS_TEST_SERVICE_LOG")
+                    .unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
