@@ -148,6 +148,13 @@ async fn send_test_prints_the_answer_and_settings_show_masks_secrets() {
     .await;
     assert_eq!(request.json()["event"], "monitor.test");
     assert_eq!(request.headers["authorization"], SECRET_HEADER);
+    let schema = crate::schemas::validator("attempt-report.schema.json");
+    let reports = read_all(&setup.topic("reports"));
+    assert_eq!(reports.len(), 1);
+    let report: serde_json::Value =
+        serde_json::from_slice(rdkafka::Message::payload(&reports[0]).unwrap()).unwrap();
+    assert!(schema.is_valid(&report), "{report}");
+    assert_eq!(report["next"], "delivered");
 
     let (code, out, _) = cli(
         &setup,

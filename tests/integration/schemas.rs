@@ -6,13 +6,14 @@ use std::path::Path;
 use serde_json::Value;
 use sysmos_notify::model::{AccountSettings, DeadLetter, DeliveryRecord, Event};
 
-const SCHEMAS: [&str; 6] = [
+const SCHEMAS: [&str; 7] = [
     "event.schema.json",
     "account-settings.schema.json",
     "delivery.schema.json",
     "dead-letter.schema.json",
     "webhook-body.schema.json",
     "verification-marker.schema.json",
+    "attempt-report.schema.json",
 ];
 
 fn load(name: &str) -> Value {
@@ -126,6 +127,21 @@ fn verification_marker_examples_validate_and_round_trip() {
             serde_json::from_value(example.clone()).unwrap();
         assert_eq!(
             serde_json::to_value(&marker).unwrap(),
+            example,
+            "round trip"
+        );
+    }
+}
+
+#[test]
+fn attempt_report_examples_validate_and_round_trip() {
+    let v = validator("attempt-report.schema.json");
+    for example in examples("attempt-report.schema.json") {
+        assert_valid(&v, "attempt report", &example);
+        let report: sysmos_notify::model::AttemptReport =
+            serde_json::from_value(example.clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&report).unwrap(),
             example,
             "round trip"
         );
