@@ -69,6 +69,8 @@ pub struct DeliverySettings {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub allow_private_targets: bool,
+    /// Lets user-supplied URLs use `http://` (implied by `allow_private_targets`).
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

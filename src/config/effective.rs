@@ -58,6 +58,7 @@ impl Settings {
                 "timeout": format!("{:?}", self.delivery.timeout),
                 "max_in_flight": self.delivery.max_in_flight,
                 "allow_private_targets": self.delivery.allow_private_targets,
+                "allow_http": self.delivery.allow_http,
             },
             "http": {"listen": self.http.listen.to_string()},
             "dashboard": {"base_url": self.dashboard.base_url},

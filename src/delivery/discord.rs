@@ -7,14 +7,15 @@ use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use serde_json::Value;
 
-use super::http::{check_target, excerpt, read_limited};
+use super::guard::check_url;
+use super::http::{excerpt, read_limited};
 use super::outcome::{classify_status, classify_transport, retry_after, Outcome, MAX_RETRY_AFTER};
 use super::Channels;
 use crate::model::Secret;
 use crate::render::{discord, Alert};
 
 pub async fn send(channels: &Channels, alert: &Alert<'_>, webhook_url: &Secret) -> Outcome {
-    let mut url = match check_target(webhook_url.expose(), channels.allow_private_targets).await {
+    let mut url = match check_url(webhook_url.expose(), channels.policy) {
         Ok(url) => url,
         Err(outcome) => return outcome,
     };
@@ -22,7 +23,7 @@ pub async fn send(channels: &Channels, alert: &Alert<'_>, webhook_url: &Secret) 
     url.query_pairs_mut().append_pair("wait", "true");
     let body = discord::message(alert);
     let request = channels
-        .http
+        .user_http
         .post(url)
         .header(CONTENT_TYPE, "application/json")
         .body(serde_json::to_vec(&body).expect("JSON values serialize"));

@@ -4,6 +4,7 @@
 
 pub mod discord;
 pub mod email;
+pub mod guard;
 pub mod http;
 pub mod outcome;
 pub mod pagerduty;
@@ -35,12 +36,16 @@ impl From<Outcome> for Sent {
     }
 }
 
-/// Shared resources of every channel: the HTTP client, the SMTP pool and the settings.
+/// Shared resources of every channel: the HTTP clients, the SMTP pool and the settings.
 pub struct Channels {
+    /// For the operator's endpoints (Slack API, PagerDuty Events API).
     pub http: reqwest::Client,
+    /// For user-supplied URLs (webhooks, Discord): resolves to public addresses only,
+    /// unless `delivery.allow_private_targets` is set.
+    pub user_http: reqwest::Client,
     pub mailer: Arc<email::Mailer>,
     pub timeout: Duration,
-    pub allow_private_targets: bool,
+    pub policy: guard::Policy,
     /// `dashboard.base_url` without a trailing slash.
     pub dashboard: String,
     pub slack_api: String,
@@ -50,13 +55,20 @@ pub struct Channels {
 impl Channels {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            http: http::client(settings.delivery.timeout),
+            http: http::client(settings.delivery.timeout, false),
+            user_http: http::client(
+                settings.delivery.timeout,
+                !settings.delivery.allow_private_targets,
+            ),
             mailer: Arc::new(email::Mailer::new(
                 &settings.channels.email,
                 settings.delivery.timeout,
             )?),
             timeout: settings.delivery.timeout,
-            allow_private_targets: settings.delivery.allow_private_targets,
+            policy: guard::Policy {
+                allow_private: settings.delivery.allow_private_targets,
+                allow_http: settings.delivery.allow_http,
+            },
             dashboard: settings.dashboard_base().to_owned(),
             slack_api: settings
                 .channels

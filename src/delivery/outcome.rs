@@ -107,6 +107,9 @@ pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> 
 /// Classifies a transport failure: timeouts and connection problems may pass.
 pub fn classify_transport(error: &reqwest::Error, timeout: Duration) -> Outcome {
     // Never the URL: it may carry a token (Discord webhooks do).
+    if let Some(reason) = super::guard::refused(error) {
+        return Outcome::permanent(reason);
+    }
     let detail = error_chain(error);
     if error.is_timeout() {
         Outcome::retry(format!("timed out after {timeout:?}"))

@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use sha2::Sha256;
 
-use super::http::check_target;
+use super::guard::check_url;
 use super::outcome::{classify_status, classify_transport, Outcome};
 use super::Channels;
 use crate::model::{DeliveryRecord, Secret};
@@ -44,14 +44,14 @@ pub async fn send(
     headers: &[(String, Secret)],
     secret: Option<&Secret>,
 ) -> Outcome {
-    let url = match check_target(url.expose(), channels.allow_private_targets).await {
+    let url = match check_url(url.expose(), channels.policy) {
         Ok(url) => url,
         Err(outcome) => return outcome,
     };
     let body = serde_json::to_vec(&record.event.webhook_body()).expect("JSON values serialize");
     let timestamp = chrono::Utc::now().timestamp();
     let mut request = channels
-        .http
+        .user_http
         .post(url)
         .header(CONTENT_TYPE, "application/json")
         .header("webhook-id", &record.delivery_id)

@@ -12,3 +12,4 @@ mod operator;
 mod pipeline;
 mod render;
 mod schemas;
+mod secrets;

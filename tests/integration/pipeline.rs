@@ -498,3 +498,63 @@ async fn healthy_but_not_ready_without_a_broker() {
         service.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_urls_cannot_reach_private_addresses_or_plain_http() {
+    let mut setup = Setup::new("ssrf", &["1s"]).await;
+    setup.private_targets = false;
+    setup.write_config();
+    let receiver = Receiver::start().await;
+    let port = receiver.base.rsplit(':').next().unwrap().to_owned();
+    let targets = [
+        (
+            "literal",
+            format!("https://127.0.0.1:{port}/hook"),
+            "non-public address 127.0.0.1",
+        ),
+        (
+            "metadata",
+            "https://169.254.169.254/latest/meta-data".to_owned(),
+            "non-public address 169.254.169.254",
+        ),
+        (
+            "mapped",
+            format!("https://[::ffff:127.0.0.1]:{port}/hook"),
+            "non-public address ::ffff:127.0.0.1",
+        ),
+        // A name is checked where it is resolved, by the client that connects.
+        (
+            "name",
+            format!("https://localhost:{port}/hook"),
+            "non-public address",
+        ),
+        (
+            "plain",
+            "http://hooks.example.com/x".to_owned(),
+            "http:// is not allowed",
+        ),
+    ];
+    let channels = targets.iter().map(|(id, url, _)| hook(id, url)).collect();
+    let discord = json!({"id": "discord", "type": "discord",
+        "webhook_url": format!("https://localhost:{port}/api/webhooks/1/x")});
+    let _service = running(&setup, [channels, vec![discord]].concat()).await;
+    setup.send_event(&seed_event("evt_ssrf", "acc")).await;
+    let letters = dead_letters(&setup, targets.len() + 1).await;
+    for (id, _, reason) in targets
+        .iter()
+        .chain([&("discord", String::new(), "non-public address")])
+    {
+        let letter = letters
+            .iter()
+            .find(|l| l["delivery"]["channel_id"] == *id)
+            .unwrap_or_else(|| panic!("no dead letter for {id}"));
+        let text = letter["reason"].as_str().unwrap();
+        assert!(text.contains(reason), "{id}: {text}");
+        assert_eq!(
+            letter["delivery"]["attempts"].as_array().unwrap().len(),
+            1,
+            "{id}: permanent"
+        );
+    }
+    assert_eq!(receiver.count(), 0, "nothing reached the private network");
+}

@@ -274,6 +274,8 @@ pub struct Setup {
     pub events_topic: String,
     pub delays: Vec<&'static str>,
     pub extra: String,
+    /// `delivery.allow_private_targets`: true so the local receivers are reachable.
+    pub private_targets: bool,
     pub http_port: u16,
     pub producer: FutureProducer,
     pub config: tempfile::NamedTempFile,
@@ -289,6 +291,7 @@ impl Setup {
             events_topic,
             delays: delays.to_vec(),
             extra: String::new(),
+            private_targets: true,
             http_port: free_port(),
             producer: producer(),
             config: tempfile::Builder::new().suffix(".toml").tempfile().unwrap(),
@@ -316,7 +319,7 @@ partitions = 2
 delays = [{delays}]
 [delivery]
 timeout = "3s"
-allow_private_targets = true
+allow_private_targets = {private}
 [http]
 listen = "127.0.0.1:{port}"
 [dashboard]
@@ -328,6 +331,7 @@ base_url = "https://app.example.test"
             delays = delays.join(", "),
             port = self.http_port,
             extra = self.extra,
+            private = self.private_targets,
         );
         std::fs::write(self.config.path(), text).unwrap();
     }
@@ -389,6 +393,13 @@ pub struct Service {
 
 impl Service {
     pub fn start(config: PathBuf, port: u16) -> Self {
+        let filter = std::env::var("SYSMOS_TEST_SERVICE_LOG")
+            .unwrap_or_else(|_| "info,librdkafka=warn".into());
+        Self::start_logged(config, port, &filter)
+    }
+
+    /// As [`Service::start`], logging with `filter` (`RUST_LOG` syntax).
+    pub fn start_logged(config: PathBuf, port: u16, filter: &str) -> Self {
         let log = tempfile::Builder::new()
             .suffix(".log")
             .tempfile()
@@ -400,11 +411,7 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_sysmos-notify"))
             .args(["run", "--config"])
             .arg(&config)
-            .env(
-                "RUST_LOG",
-                std::env::var("SYSMOS_TEST_SERVICE_LOG")
-                    .unwrap_or_else(|_| "info,librdkafka=warn".into()),
-            )
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
