@@ -71,6 +71,13 @@ pub struct DeliverySettings {
     pub allow_private_targets: bool,
     /// Lets user-supplied URLs use `http://` (implied by `allow_private_targets`).
     pub allow_http: bool,
+    /// Requests in flight to one destination (a webhook host, a provider) at most.
+    pub max_in_flight_per_destination: usize,
+    /// Consecutive failures that may pass after which a destination's circuit opens.
+    pub breaker_threshold: u32,
+    /// How long an open circuit skips its destination before one probe is let through.
+    #[serde(deserialize_with = "duration")]
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +223,18 @@ impl Settings {
         if self.delivery.max_in_flight == 0 {
             return Err(ConfigError::key(
                 "delivery.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        if self.delivery.max_in_flight_per_destination == 0 {
+            return Err(ConfigError::key(
+                "delivery.max_in_flight_per_destination",
+                "must be at least 1",
+            ));
+        }
+        if self.delivery.breaker_threshold == 0 {
+            return Err(ConfigError::key(
+                "delivery.breaker_threshold",
                 "must be at least 1",
             ));
         }

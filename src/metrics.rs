@@ -64,6 +64,8 @@ pub struct Metrics {
     ready: IntGauge,
     config_records: IntCounterVec,
     verifications: IntCounterVec,
+    not_attempted: IntCounterVec,
+    circuits_opened: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,6 +149,22 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let not_attempted = IntCounterVec::new(
+            Opts::new(
+                "sysmos_notify_not_attempted_total",
+                "Deliveries moved to the next tier without a request: destination busy or circuit open.",
+            ),
+            &["channel", "reason"],
+        )
+        .expect("valid metric");
+        let circuits_opened = IntCounterVec::new(
+            Opts::new(
+                "sysmos_notify_circuit_opened_total",
+                "Times a destination's circuit opened after consecutive failures, by channel type.",
+            ),
+            &["channel"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(deliveries.clone()),
@@ -158,6 +176,8 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(config_records.clone()),
             Box::new(verifications.clone()),
+            Box::new(not_attempted.clone()),
+            Box::new(circuits_opened.clone()),
         ] {
             names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
             registry
@@ -192,7 +212,20 @@ impl Metrics {
             ready,
             config_records,
             verifications,
+            not_attempted,
+            circuits_opened,
         }
+    }
+
+    /// A delivery moved on without a request (`busy` or `circuit_open`).
+    pub fn not_attempted(&self, channel: &str, reason: &str) {
+        self.not_attempted
+            .with_label_values(&[channel, reason])
+            .inc();
+    }
+
+    pub fn circuit_opened(&self, channel: &str) {
+        self.circuits_opened.with_label_values(&[channel]).inc();
     }
 
     pub fn verification(&self, outcome: VerificationOutcome) {

@@ -146,8 +146,8 @@ pub async fn send(
         }
     }
     Sent {
-        outcome: combine(&reached, &failed, earlier.len()),
-        reached,
+        reached: reached.clone(),
+        ..combine(&reached, &failed, earlier.len()).into()
     }
 }
 

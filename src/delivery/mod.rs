@@ -2,6 +2,7 @@
 //! function returning what happened; `Channels::send` is the only place that dispatches.
 //! What a message says is decided in `crate::render`; these files only do the I/O.
 
+pub mod breaker;
 pub mod discord;
 pub mod email;
 pub mod guard;
@@ -25,6 +26,10 @@ use crate::render::Alert;
 pub struct Sent {
     pub outcome: Outcome,
     pub reached: Vec<String>,
+    /// Set when no request was made: the destination was `busy` or its circuit `open`.
+    pub skipped: Option<&'static str>,
+    /// This attempt's failure opened the destination's circuit.
+    pub opened_circuit: bool,
 }
 
 impl From<Outcome> for Sent {
@@ -32,6 +37,8 @@ impl From<Outcome> for Sent {
         Self {
             outcome,
             reached: Vec::new(),
+            skipped: None,
+            opened_circuit: false,
         }
     }
 }
@@ -44,6 +51,7 @@ pub struct Channels {
     /// unless `delivery.allow_private_targets` is set.
     pub user_http: reqwest::Client,
     pub mailer: Arc<email::Mailer>,
+    pub destinations: breaker::Destinations,
     pub timeout: Duration,
     pub policy: guard::Policy,
     /// `dashboard.base_url` without a trailing slash.
@@ -64,6 +72,11 @@ impl Channels {
                 &settings.channels.email,
                 settings.delivery.timeout,
             )?),
+            destinations: breaker::Destinations::new(
+                settings.delivery.max_in_flight_per_destination,
+                settings.delivery.breaker_threshold,
+                settings.delivery.breaker_cooldown,
+            ),
             timeout: settings.delivery.timeout,
             policy: guard::Policy {
                 allow_private: settings.delivery.allow_private_targets,
@@ -80,8 +93,27 @@ impl Channels {
         })
     }
 
-    /// Makes one attempt; never panics on what a provider answers.
+    /// Makes one attempt, if the destination lets it through; never panics on what a
+    /// provider answers.
     pub async fn send(&self, channel: &Channel, record: &DeliveryRecord) -> Sent {
+        let key = destination(&channel.kind);
+        let ticket = match self.destinations.admit(&key) {
+            Ok(ticket) => ticket,
+            Err(reason) => {
+                let busy = reason.contains("in flight");
+                return Sent {
+                    skipped: Some(if busy { "busy" } else { "circuit_open" }),
+                    ..Outcome::retry(reason).into()
+                };
+            }
+        };
+        let mut sent = self.attempt(channel, record).await;
+        let success = !matches!(sent.outcome, Outcome::Retry { .. });
+        sent.opened_circuit = self.destinations.record(ticket, success);
+        sent
+    }
+
+    async fn attempt(&self, channel: &Channel, record: &DeliveryRecord) -> Sent {
         // Webhooks carry the event's own fields; every other channel renders the alert view.
         let alert = || Alert::new(&record.event, &self.dashboard);
         match &channel.kind {
@@ -107,5 +139,24 @@ impl Channels {
                 email::send(&self.mailer, record, &alert(), recipients).await
             }
         }
+    }
+}
+
+/// Where a channel's requests go: the host and port of a user-supplied URL, or the provider.
+pub fn destination(kind: &ChannelKind) -> String {
+    let host_of = |raw: &str| match reqwest::Url::parse(raw) {
+        Ok(url) => format!(
+            "{}:{}",
+            url.host_str().unwrap_or("?"),
+            url.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => "invalid-url".to_owned(),
+    };
+    match kind {
+        ChannelKind::Webhook { url, .. } => host_of(url.expose()),
+        ChannelKind::Discord { webhook_url } => host_of(webhook_url.expose()),
+        ChannelKind::Slack { .. } => "slack".into(),
+        ChannelKind::PagerDuty { .. } => "pagerduty".into(),
+        ChannelKind::Email { .. } => "smtp".into(),
     }
 }

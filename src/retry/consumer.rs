@@ -134,9 +134,22 @@ impl Deliverer {
         let kind = channel.kind.name();
         let at = Utc::now();
         let started = Instant::now();
-        let Sent { outcome, reached } = self.channels.send(&channel, &record).await;
+        let Sent {
+            outcome,
+            reached,
+            skipped,
+            opened_circuit,
+        } = self.channels.send(&channel, &record).await;
         let elapsed = started.elapsed();
-        self.metrics.request_duration(kind, elapsed.as_secs_f64());
+        match skipped {
+            Some(reason) => self.metrics.not_attempted(kind, reason),
+            None => self.metrics.request_duration(kind, elapsed.as_secs_f64()),
+        }
+        if opened_circuit {
+            self.metrics.circuit_opened(kind);
+            tracing::warn!(account = %record.account_id, channel = %record.channel_id, channel_type = kind,
+                "circuit opened: this destination's deliveries skip to the next tier until a probe succeeds");
+        }
         record.attempts.push(attempt_of(
             &outcome,
             record.next_attempt(),

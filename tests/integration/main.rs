@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod deploy;
 mod email;
+mod isolation;
 mod offsets;
 mod operator;
 mod pipeline;

@@ -276,6 +276,8 @@ pub struct Setup {
     pub extra: String,
     /// `delivery.allow_private_targets`: true so the local receivers are reachable.
     pub private_targets: bool,
+    /// More `[delivery]` keys, one per line.
+    pub delivery: String,
     pub http_port: u16,
     pub producer: FutureProducer,
     pub config: tempfile::NamedTempFile,
@@ -292,6 +294,7 @@ impl Setup {
             delays: delays.to_vec(),
             extra: String::new(),
             private_targets: true,
+            delivery: String::new(),
             http_port: free_port(),
             producer: producer(),
             config: tempfile::Builder::new().suffix(".toml").tempfile().unwrap(),
@@ -320,6 +323,7 @@ delays = [{delays}]
 [delivery]
 timeout = "3s"
 allow_private_targets = {private}
+{delivery}
 [http]
 listen = "127.0.0.1:{port}"
 [dashboard]
@@ -332,6 +336,7 @@ base_url = "https://app.example.test"
             port = self.http_port,
             extra = self.extra,
             private = self.private_targets,
+            delivery = self.delivery,
         );
         std::fs::write(self.config.path(), text).unwrap();
     }
