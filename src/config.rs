@@ -73,7 +73,7 @@ pub struct DeliverySettings {
     pub allow_http: bool,
     /// Requests in flight to one destination (a webhook host, a provider) at most.
     pub max_in_flight_per_destination: usize,
-    /// Consecutive failures that may pass after which a destination's circuit opens.
+    /// Consecutive unanswered requests after which a destination's circuit opens.
     pub breaker_threshold: u32,
     /// How long an open circuit skips its destination before one probe is let through.
     #[serde(deserialize_with = "duration")]

@@ -6,17 +6,24 @@
 //! provider (Slack, PagerDuty, the SMTP server). A delivery that is not let through is not
 //! attempted: it moves to the next retry tier with the reason, like any failure that may
 //! pass, so nothing waits while holding a delivery slot and nothing is lost.
-//! - **Busy**: `max_in_flight_per_destination` requests to it are already in flight.
-//! - **Open circuit**: its last `breaker_threshold` attempts all failed in a way that may pass
-//!   (timeout, connection error, 408/429/5xx). After `breaker_cooldown` one probe is let
-//!   through; its success closes the circuit, its failure opens it for another cooldown.
-//!   Answers that will not pass (4xx) show that the destination is up and count as success.
+//! - **Busy**: `max_in_flight_per_destination` requests to it are already in flight and none
+//!   finished within [`BUSY_WAIT`]. A healthy destination frees slots in milliseconds, so a
+//!   burst waits briefly and goes through; a hanging one holds them until its timeouts trip
+//!   the breaker, and meanwhile its deliveries move on instead of holding delivery slots.
+//! - **Open circuit**: its last `breaker_threshold` attempts all went unanswered (timeout,
+//!   connection error, TLS failure). After `breaker_cooldown` one probe is let through; an
+//!   answer closes the circuit, no answer opens it for another cooldown. Any HTTP answer,
+//!   5xx and 429 included, shows the destination is up and responsive: those failures are
+//!   retried through the tiers as usual without tripping the breaker.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a delivery waits for a slot of a busy destination before it moves on.
+pub const BUSY_WAIT: Duration = Duration::from_millis(500);
 
 /// The circuit of one destination.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -115,19 +122,19 @@ impl Destinations {
     }
 
     /// Lets a request to `key` through, or says why not.
-    pub fn admit(&self, key: &str) -> Result<Ticket, String> {
+    pub async fn admit(&self, key: &str) -> Result<Ticket, String> {
         let destination = self.get(key);
-        let permit = destination
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                format!(
+        let waiting = destination.permits.clone().acquire_owned();
+        let permit = match tokio::time::timeout(BUSY_WAIT, waiting).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(format!(
                     "not attempted: {} requests to {key} are already in flight \
-                 (delivery.max_in_flight_per_destination)",
+                     (delivery.max_in_flight_per_destination)",
                     self.cap
-                )
-            })?;
+                ))
+            }
+        };
         let admitted = destination
             .breaker
             .lock()
@@ -139,7 +146,7 @@ impl Destinations {
                 _permit: permit,
             }),
             Admit::Skip => Err(format!(
-                "not attempted: the circuit to {key} is open after {} consecutive failures; \
+                "not attempted: the circuit to {key} is open after {} consecutive unanswered requests; \
                  a probe is let through every {:?}",
                 self.threshold, self.cooldown
             )),
@@ -211,21 +218,26 @@ mod tests {
         assert!(b.record(false, threshold, cooldown, now));
     }
 
-    #[test]
-    fn a_busy_destination_is_skipped_without_waiting() {
-        let d = Destinations::new(2, 5, Duration::from_secs(1));
-        let a = d.admit("hooks.example.com:443").unwrap();
-        let _b = d.admit("hooks.example.com:443").unwrap();
-        let busy = d.admit("hooks.example.com:443").err().unwrap();
+    #[tokio::test]
+    async fn a_busy_destination_waits_briefly_then_moves_on() {
+        let d = Arc::new(Destinations::new(2, 5, Duration::from_secs(1)));
+        let a = d.admit("hooks.example.com:443").await.unwrap();
+        let _b = d.admit("hooks.example.com:443").await.unwrap();
+        let started = Instant::now();
+        let busy = d.admit("hooks.example.com:443").await.err().unwrap();
         assert!(busy.contains("2 requests"), "{busy}");
+        assert!(started.elapsed() >= BUSY_WAIT);
         assert!(
-            d.admit("other.example.com:443").is_ok(),
+            d.admit("other.example.com:443").await.is_ok(),
             "other destinations flow"
         );
+        // A slot freed while a delivery waits lets it through.
+        let waiter = {
+            let d = d.clone();
+            tokio::spawn(async move { d.admit("hooks.example.com:443").await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
         d.record(a, true);
-        assert!(
-            d.admit("hooks.example.com:443").is_ok(),
-            "a finished request frees its slot"
-        );
+        assert!(waiter.await.unwrap(), "a finished request frees its slot");
     }
 }

@@ -45,3 +45,35 @@ pub fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     crate::render::text::cut(&crate::render::text::one_line(text.trim()), 300)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn an_endless_answer_is_read_only_up_to_the_limit() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut request).await;
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
+            // An answer that never ends: the service must stop reading, not buffer it.
+            while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let response = client(Duration::from_secs(30), false)
+            .get(format!("http://{address}/"))
+            .send()
+            .await
+            .unwrap();
+        let body = tokio::time::timeout(Duration::from_secs(10), read_limited(response))
+            .await
+            .expect("reading stops at the limit");
+        assert_eq!(body.len(), MAX_ANSWER_BYTES);
+    }
+}

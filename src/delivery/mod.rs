@@ -97,7 +97,7 @@ impl Channels {
     /// provider answers.
     pub async fn send(&self, channel: &Channel, record: &DeliveryRecord) -> Sent {
         let key = destination(&channel.kind);
-        let ticket = match self.destinations.admit(&key) {
+        let ticket = match self.destinations.admit(&key).await {
             Ok(ticket) => ticket,
             Err(reason) => {
                 let busy = reason.contains("in flight");
@@ -108,8 +108,10 @@ impl Channels {
             }
         };
         let mut sent = self.attempt(channel, record).await;
-        let success = !matches!(sent.outcome, Outcome::Retry { .. });
-        sent.opened_circuit = self.destinations.record(ticket, success);
+        // Only a destination that did not answer (timeout, connection failure) trips the
+        // breaker: one that answers, even 5xx or 429, answers fast and holds no capacity.
+        let answered = !matches!(sent.outcome, Outcome::Retry { status: None, .. });
+        sent.opened_circuit = self.destinations.record(ticket, answered);
         sent
     }
 

@@ -157,9 +157,15 @@ impl ConsumerContext for ServiceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                // A retry tier pauses a partition while its head waits; the task that would
+                // resume it gives up when the partition is revoked. A new assignment starts
+                // unpaused, so a partition assigned back to this consumer is read again.
+                if let Err(error) = consumer.resume(tpl) {
+                    tracing::warn!(role = self.role, %error, "resuming assigned partitions failed");
+                }
                 let assigned = partitions(tpl);
                 tracing::info!(role = self.role, partitions = ?assigned, "partitions assigned");
                 self.assignment

@@ -57,6 +57,12 @@ impl Deliverer {
                 }
             };
             let Some(pos) = begin(&consumer, &message) else {
+                tracing::debug!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "record not begun: not assigned here, or begun already"
+                );
                 continue;
             };
             let tier = self.topics.tier_of(message.topic()).unwrap_or(0);
@@ -84,6 +90,8 @@ impl Deliverer {
                         _ = tokio::time::sleep(wait) => {}
                     }
                     if !consumer.context().assignment.lock().expect("assignment lock").is_current(&pos) {
+                        tracing::debug!(topic = %pos.topic, partition = pos.partition, offset = pos.offset,
+                            "revoked while waiting; the next owner attempts it");
                         return; // revoked while waiting: the next owner attempts it
                     }
                     set_paused(&consumer, &pos, false);
@@ -296,6 +304,7 @@ fn attempt_of(
 }
 
 fn set_paused(consumer: &GroupConsumer, pos: &Position, paused: bool) {
+    tracing::debug!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, paused, "pause/resume");
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&pos.topic, pos.partition);
     let result = if paused {

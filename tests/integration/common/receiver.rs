@@ -70,8 +70,12 @@ impl Script {
     }
 }
 
+/// Decides the answer to a request from the request itself (chaos runs, randomness).
+pub type Responder = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
 struct State {
     requests: Vec<Recorded>,
+    responder: Option<Responder>,
     script: Script,
     /// (needle, script): the first whose needle the path or body contains answers.
     rules: Vec<(String, Script)>,
@@ -80,6 +84,9 @@ struct State {
 
 impl State {
     fn reply(&mut self, request: &Recorded) -> Reply {
+        if let Some(responder) = &self.responder {
+            return responder(request);
+        }
         let body = String::from_utf8_lossy(&request.body);
         for (needle, script) in &mut self.rules {
             if request.path.contains(needle.as_str()) || body.contains(needle.as_str()) {
@@ -107,6 +114,7 @@ impl Receiver {
         let url = format!("{base}/hook");
         let state = Arc::new(Mutex::new(State {
             requests: Vec::new(),
+            responder: None,
             script: Script {
                 first: VecDeque::new(),
                 then: Reply::status(200),
@@ -179,6 +187,11 @@ impl Receiver {
             first: first.iter().map(|s| Reply::status(*s)).collect(),
             then: Reply::status(then),
         };
+    }
+
+    /// Every request is answered by `responder` (scripts are then ignored).
+    pub fn respond_by(&self, responder: Responder) {
+        self.state.lock().unwrap().responder = Some(responder);
     }
 
     /// Requests whose path or body contains `needle` are answered `first` in order, then `then`.

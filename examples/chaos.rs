@@ -1,0 +1,523 @@
+//! `scripts/chaos`: nothing lost under faults. Events flow for a while to webhook receivers
+//! that fail at random (at most twice per delivery, so every delivery can succeed within the
+//! retry tiers), while two service instances share one consumer group. At random moments an
+//! instance is killed with SIGKILL and restarted, the second instance leaves and rejoins, and
+//! the broker is restarted once. Then it waits for the pipeline to drain and prints what was
+//! produced, expected, delivered, lost (must be 0) and duplicated, and the longest delay.
+//!
+//! Options: `--duration SECONDS` (120), `--rate EVENTS_PER_SECOND` (20), `--channels K` (2),
+//! `--seed N`. Environment: `SYSMOS_BIN` (the service binary), `SYSMOS_BROKER_SCRIPT`.
+
+#[allow(dead_code)]
+#[path = "../tests/integration/common/receiver.rs"]
+mod receiver;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::json;
+
+use receiver::{Receiver, Reply};
+
+/// A small deterministic generator (xorshift64*), so a seed replays the same chaos.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+struct Options {
+    duration: Duration,
+    rate: u64,
+    channels: usize,
+    seed: u64,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        duration: Duration::from_secs(120),
+        rate: 20,
+        channels: 2,
+        seed: 7,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).map(String::as_str).unwrap_or_default();
+        let number = value
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("{}: a number", pair[0]));
+        match pair[0].as_str() {
+            "--duration" => o.duration = Duration::from_secs(number),
+            "--rate" => o.rate = number.max(1),
+            "--channels" => o.channels = number.max(1) as usize,
+            "--seed" => o.seed = number.max(1),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    o
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker not up on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_broker(script: &Path, port: u16, data: &Path) -> Child {
+    let child = Command::new(script)
+        .arg(port.to_string())
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the broker");
+    wait_for_port(port);
+    child
+}
+
+/// One service instance: the binary with the run's config and its own metrics port.
+struct Instance {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl Instance {
+    fn start(&mut self, bin: &Path, config: &Path, logs: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("{}.log", self.name)))
+            .unwrap();
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env(
+                "SYSMOS_NOTIFY__HTTP__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAOS_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sysmos-notify");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What the receivers saw, per webhook-id.
+#[derive(Default)]
+struct Seen {
+    failures: HashMap<String, u32>,
+    successes: HashMap<String, u32>,
+    delay_ms: HashMap<String, i64>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let opts = options();
+    let bin = PathBuf::from(std::env::var("SYSMOS_BIN").expect("SYSMOS_BIN: the service binary"));
+    let script = PathBuf::from(
+        std::env::var("SYSMOS_BROKER_SCRIPT").unwrap_or_else(|_| "scripts/broker".into()),
+    );
+    let work = tempfile::tempdir().unwrap().keep();
+    let (data, logs) = (work.join("broker"), work.clone());
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    // Blocking waits (processes, ports) run off the async workers: the receivers live here.
+    let mut broker = tokio::task::block_in_place(|| start_broker(&script, port, &data));
+    let mut rng = Rng(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+
+    // Receivers: each delivery fails at random at most twice, then is answered 200.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let receiver = Receiver::start().await;
+    let decide = seen.clone();
+    let failing = Arc::new(Mutex::new(Rng(opts.seed + 1)));
+    receiver.respond_by(Arc::new(move |request| {
+        let id = request
+            .headers
+            .get("webhook-id")
+            .cloned()
+            .unwrap_or_default();
+        let mut seen = decide.lock().unwrap();
+        let failures = seen.failures.get(&id).copied().unwrap_or(0);
+        if failures < 2 && failing.lock().unwrap().below(100) < 30 {
+            seen.failures.insert(id, failures + 1);
+            return Reply::status(503);
+        }
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let produced = body["alert"]["produced_at_ms"]
+            .as_i64()
+            .unwrap_or_else(now_ms);
+        *seen.successes.entry(id.clone()).or_default() += 1;
+        seen.delay_ms.entry(id).or_insert(now_ms() - produced);
+        Reply::status(200)
+    }));
+
+    let config = work.join("chaos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "chaos"
+event_topics = ["^chaos\\.monitor\\..*"]
+topic_prefix = "chaos.notify"
+partitions = 4
+[kafka.client]
+"fetch.wait.max.ms" = "10"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"topic.metadata.refresh.interval.ms" = "1000"
+[retry]
+delays = ["1s", "2s", "3s"]
+[delivery]
+timeout = "2s"
+allow_private_targets = true
+"#
+        ),
+    )
+    .unwrap();
+    let client = |c: &mut ClientConfig| {
+        c.set("bootstrap.servers", &brokers)
+            .set("message.timeout.ms", "120000")
+            .clone()
+    };
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        client(&mut ClientConfig::new()).create().unwrap();
+    let topics = ["chaos.monitor.alerts", "chaos.notify.config"].map(|t| {
+        let topic =
+            rdkafka::admin::NewTopic::new(t, 4, rdkafka::admin::TopicReplication::Fixed(-1));
+        if t.ends_with("config") {
+            topic.set("cleanup.policy", "compact")
+        } else {
+            topic
+        }
+    });
+    admin
+        .create_topics(topics.iter(), &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    let producer: FutureProducer = client(&mut ClientConfig::new())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let channels: Vec<_> = (0..opts.channels)
+        .map(|k| json!({"id": format!("hook{k}"), "type": "webhook", "url": format!("{}/c{k}", receiver.base)}))
+        .collect();
+    let account = json!({"account_id": "acc", "version": 1, "channels": channels}).to_string();
+    producer
+        .send(
+            FutureRecord::to("chaos.notify.config")
+                .key("acc")
+                .payload(&account),
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    let mut instances = [
+        Instance {
+            name: "a",
+            child: None,
+        },
+        Instance {
+            name: "b",
+            child: None,
+        },
+    ];
+    for instance in &mut instances {
+        instance.start(&bin, &config, &logs);
+    }
+    println!(
+        "chaos: {}s at {} events/s, {} webhook channels per event, seed {}; broker {brokers}; logs in {}",
+        opts.duration.as_secs(),
+        opts.rate,
+        opts.channels,
+        opts.seed,
+        logs.display()
+    );
+
+    // Production, acknowledged: a produce that fails is retried, so `produced` is exact.
+    let total = opts.duration.as_secs() * opts.rate;
+    let producing = {
+        let producer = producer.clone();
+        let interval = Duration::from_micros(1_000_000 / opts.rate);
+        tokio::spawn(async move {
+            let mut produced = 0u64;
+            let mut tick = tokio::time::interval(interval);
+            for i in 0..total {
+                tick.tick().await;
+                let monitor = format!("mon_{}", i % 16);
+                let event = json!({"event": "monitor.down", "event_id": format!("evt_{i}"),
+                    "account_id": "acc", "occurred_at": chrono::Utc::now().to_rfc3339(),
+                    "monitor": {"id": monitor, "name": "Chaos API"},
+                    "alert": {"status": "down", "produced_at_ms": now_ms()}})
+                .to_string();
+                loop {
+                    let sent = producer
+                        .send(
+                            FutureRecord::to("chaos.monitor.alerts")
+                                .key(&monitor)
+                                .payload(&event),
+                            Duration::from_secs(120),
+                        )
+                        .await;
+                    if sent.is_ok() {
+                        produced += 1;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            produced
+        })
+    };
+
+    // The chaos itself, until production ends.
+    let started = Instant::now();
+    let broker_restart_at = opts.duration.mul_f64(0.4);
+    let mut broker_restarted = false;
+    let mut kills = 0;
+    let mut leaves = 0;
+    while !producing.is_finished() {
+        tokio::time::sleep(Duration::from_secs(3 + rng.below(6))).await;
+        if !broker_restarted && started.elapsed() >= broker_restart_at {
+            println!(
+                "[{:>5.1}s] broker: SIGKILL and restart",
+                started.elapsed().as_secs_f64()
+            );
+            tokio::task::block_in_place(|| {
+                let _ = broker.kill();
+                let _ = broker.wait();
+            });
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            broker = tokio::task::block_in_place(|| start_broker(&script, port, &data));
+            broker_restarted = true;
+            continue;
+        }
+        match rng.below(3) {
+            0 | 1 => {
+                let which = rng.below(2) as usize;
+                println!(
+                    "[{:>5.1}s] instance {}: SIGKILL",
+                    started.elapsed().as_secs_f64(),
+                    instances[which].name
+                );
+                tokio::task::block_in_place(|| instances[which].kill());
+                kills += 1;
+                tokio::time::sleep(Duration::from_millis(500 + rng.below(2500))).await;
+                instances[which].start(&bin, &config, &logs);
+            }
+            _ => {
+                println!(
+                    "[{:>5.1}s] instance b: leaves the group (SIGTERM), rejoins later",
+                    started.elapsed().as_secs_f64()
+                );
+                tokio::task::block_in_place(|| instances[1].terminate());
+                leaves += 1;
+                tokio::time::sleep(Duration::from_secs(2 + rng.below(4))).await;
+                instances[1].start(&bin, &config, &logs);
+            }
+        }
+    }
+    let produced = producing.await.unwrap();
+    let expected = produced * opts.channels as u64;
+    println!(
+        "[{:>5.1}s] production done: {produced} events; {kills} SIGKILLs, {leaves} leave/rejoin, broker restarted: {broker_restarted}; draining",
+        started.elapsed().as_secs_f64()
+    );
+    let drain_deadline = Instant::now() + Duration::from_secs(180);
+    while (seen.lock().unwrap().successes.len() as u64) < expected
+        && Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Late duplicates from work repeated after the last kill would show up now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| instances.iter_mut().for_each(Instance::terminate));
+    let reasons = dead_letter_reasons(&brokers, "chaos.notify.dlq");
+    let backlog = [
+        ("chaos", "chaos.monitor.alerts"),
+        ("chaos.deliveries", "chaos.notify.deliveries"),
+        ("chaos.deliveries", "chaos.notify.retry.1"),
+        ("chaos.deliveries", "chaos.notify.retry.2"),
+        ("chaos.deliveries", "chaos.notify.retry.3"),
+    ]
+    .map(|(group, topic)| (topic, uncommitted(&brokers, group, topic)));
+    let dead_letters: usize = reasons.iter().map(|(_, n)| n).sum();
+    let _ = broker.kill();
+    let _ = broker.wait();
+
+    let seen = seen.lock().unwrap();
+    let delivered = seen.successes.len() as u64;
+    let duplicated: u64 = seen.successes.values().map(|n| u64::from(n - 1)).sum();
+    let lost = expected.saturating_sub(delivered);
+    let longest = seen.delay_ms.values().max().copied().unwrap_or(0);
+    let mut delays: Vec<i64> = seen.delay_ms.values().copied().collect();
+    delays.sort_unstable();
+    let p99 = delays
+        .get(delays.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or(0);
+    println!("\nevents produced:     {produced}");
+    println!("deliveries expected: {expected}");
+    println!("delivered:           {delivered}");
+    println!("lost:                {lost}");
+    println!(
+        "duplicated:          {duplicated} ({:.3}% of deliveries)",
+        100.0 * duplicated as f64 / expected.max(1) as f64
+    );
+    println!("dead letters:        {dead_letters}");
+    for (reason, n) in reasons.iter().take(5) {
+        println!("  {n} × {reason}");
+    }
+    println!(
+        "longest delay:       {:.1} s (p99 {:.1} s)",
+        longest as f64 / 1000.0,
+        p99 as f64 / 1000.0
+    );
+    if lost > 0 {
+        for (topic, behind) in &backlog {
+            println!("  not committed in {topic}: {behind:?}");
+        }
+    }
+    if lost > 0 || dead_letters > 0 {
+        eprintln!("chaos: FAILED: {lost} deliveries lost, {dead_letters} dead letters");
+        std::process::exit(1);
+    }
+}
+
+/// The dead letters' reasons, with how many times each occurred.
+fn dead_letter_reasons(brokers: &str, topic: &str) -> Vec<(String, usize)> {
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "chaos-count")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return Vec::new();
+    };
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        if let Ok((low, high)) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)) {
+            remaining += high - low;
+        }
+        let _ = tpl.add_partition_offset(topic, p.id(), Offset::Beginning);
+    }
+    let _ = consumer.assign(&tpl);
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remaining > 0 && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            remaining -= 1;
+            let letter: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+            let reason = letter["reason"].as_str().unwrap_or("unreadable").to_owned();
+            let errors: Vec<String> = letter["delivery"]["attempts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    format!(
+                        "{} {}",
+                        a["at"].as_str().unwrap_or(""),
+                        a["error"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            *reasons
+                .entry(format!(
+                    "{reason}\n      attempts: {}",
+                    errors.join("\n                ")
+                ))
+                .or_default() += 1;
+        }
+    }
+    let mut reasons: Vec<_> = reasons.into_iter().collect();
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+    reasons
+}
+
+/// Per partition of `topic`: end offset minus the offset `group` committed.
+fn uncommitted(brokers: &str, group: &str, topic: &str) -> Vec<i64> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return Vec::new();
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        tpl.add_partition(topic, p.id());
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return Vec::new();
+    };
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let high = consumer
+                .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+                .map(|(_, h)| h)
+                .unwrap_or(-1);
+            match e.offset() {
+                Offset::Offset(o) => high - o,
+                _ => high,
+            }
+        })
+        .collect()
+}
