@@ -434,54 +434,42 @@ allow_private_targets = true
     }
 }
 
-/// The dead letters' reasons, with how many times each occurred.
+/// The dead letters' reasons and attempts, with how many times each occurred.
 fn dead_letter_reasons(brokers: &str, topic: &str) -> Vec<(String, usize)> {
-    use rdkafka::{Message, Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "chaos-count")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
-        return Vec::new();
+    use rdkafka::Message;
+    let env = [(
+        "SYSMOS_NOTIFY__KAFKA__BROKERS".to_owned(),
+        brokers.to_owned(),
+    )];
+    let kafka = sysmos_notify::config::Settings::load_with_env(None, env)
+        .expect("valid settings")
+        .kafka;
+    let Ok(records) = sysmos_notify::ops::read_topic(&kafka, topic) else {
+        return vec![("the DLQ could not be read".into(), 0)];
     };
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining = 0;
-    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        if let Ok((low, high)) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)) {
-            remaining += high - low;
-        }
-        let _ = tpl.add_partition_offset(topic, p.id(), Offset::Beginning);
-    }
-    let _ = consumer.assign(&tpl);
     let mut reasons: HashMap<String, usize> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while remaining > 0 && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            remaining -= 1;
-            let letter: serde_json::Value =
-                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
-            let reason = letter["reason"].as_str().unwrap_or("unreadable").to_owned();
-            let errors: Vec<String> = letter["delivery"]["attempts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|a| {
-                    format!(
-                        "{} {}",
-                        a["at"].as_str().unwrap_or(""),
-                        a["error"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
-            *reasons
-                .entry(format!(
-                    "{reason}\n      attempts: {}",
-                    errors.join("\n                ")
-                ))
-                .or_default() += 1;
-        }
+    for m in records {
+        let letter: serde_json::Value =
+            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+        let reason = letter["reason"].as_str().unwrap_or("unreadable").to_owned();
+        let errors: Vec<String> = letter["delivery"]["attempts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                format!(
+                    "{} {}",
+                    a["at"].as_str().unwrap_or(""),
+                    a["error"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        *reasons
+            .entry(format!(
+                "{reason}\n      attempts: {}",
+                errors.join("\n                ")
+            ))
+            .or_default() += 1;
     }
     let mut reasons: Vec<_> = reasons.into_iter().collect();
     reasons.sort_by_key(|r| std::cmp::Reverse(r.1));

@@ -93,6 +93,15 @@ pub struct Destinations {
     all: Mutex<HashMap<String, Arc<Destination>>>,
 }
 
+/// Why a request was not let through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotAdmitted {
+    /// The metric label: `busy` or `circuit_open`.
+    pub label: &'static str,
+    /// What the delivery record and the logs say.
+    pub reason: String,
+}
+
 /// A request let through: holds the destination's slot until its outcome is recorded.
 pub struct Ticket {
     destination: Arc<Destination>,
@@ -122,17 +131,20 @@ impl Destinations {
     }
 
     /// Lets a request to `key` through, or says why not.
-    pub async fn admit(&self, key: &str) -> Result<Ticket, String> {
+    pub async fn admit(&self, key: &str) -> Result<Ticket, NotAdmitted> {
         let destination = self.get(key);
         let waiting = destination.permits.clone().acquire_owned();
         let permit = match tokio::time::timeout(BUSY_WAIT, waiting).await {
             Ok(Ok(permit)) => permit,
             _ => {
-                return Err(format!(
-                    "not attempted: {} requests to {key} are already in flight \
-                     (delivery.max_in_flight_per_destination)",
-                    self.cap
-                ))
+                return Err(NotAdmitted {
+                    label: "busy",
+                    reason: format!(
+                        "not attempted: {} requests to {key} are already in flight \
+                         (delivery.max_in_flight_per_destination)",
+                        self.cap
+                    ),
+                })
             }
         };
         let admitted = destination
@@ -145,11 +157,14 @@ impl Destinations {
                 destination,
                 _permit: permit,
             }),
-            Admit::Skip => Err(format!(
-                "not attempted: the circuit to {key} is open after {} consecutive unanswered requests; \
-                 a probe is let through every {:?}",
-                self.threshold, self.cooldown
-            )),
+            Admit::Skip => Err(NotAdmitted {
+                label: "circuit_open",
+                reason: format!(
+                    "not attempted: the circuit to {key} is open after {} consecutive unanswered \
+                     requests; a probe is let through every {:?}",
+                    self.threshold, self.cooldown
+                ),
+            }),
         }
     }
 
@@ -225,7 +240,8 @@ mod tests {
         let _b = d.admit("hooks.example.com:443").await.unwrap();
         let started = Instant::now();
         let busy = d.admit("hooks.example.com:443").await.err().unwrap();
-        assert!(busy.contains("2 requests"), "{busy}");
+        assert_eq!(busy.label, "busy");
+        assert!(busy.reason.contains("2 requests"), "{busy:?}");
         assert!(started.elapsed() >= BUSY_WAIT);
         assert!(
             d.admit("other.example.com:443").await.is_ok(),

@@ -99,11 +99,10 @@ impl Channels {
         let key = destination(&channel.kind);
         let ticket = match self.destinations.admit(&key).await {
             Ok(ticket) => ticket,
-            Err(reason) => {
-                let busy = reason.contains("in flight");
+            Err(refused) => {
                 return Sent {
-                    skipped: Some(if busy { "busy" } else { "circuit_open" }),
-                    ..Outcome::retry(reason).into()
+                    skipped: Some(refused.label),
+                    ..Outcome::retry(refused.reason).into()
                 };
             }
         };

@@ -53,6 +53,18 @@ impl Outcome {
     }
 }
 
+#[cfg(test)]
+impl Outcome {
+    /// The variant's name, for classification tables in tests.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Permanent { .. } => "permanent",
+        }
+    }
+}
+
 /// Classifies an HTTP answer by status alone.
 pub fn classify_status(status: u16, headers: &HeaderMap, now: DateTime<Utc>) -> Outcome {
     let status_text = format!(
@@ -142,14 +154,6 @@ mod tests {
     use super::*;
     use reqwest::header::{HeaderValue, RETRY_AFTER};
 
-    fn kind(o: &Outcome) -> &'static str {
-        match o {
-            Outcome::Delivered { .. } => "delivered",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Permanent { .. } => "permanent",
-        }
-    }
-
     #[test]
     fn status_table() {
         let table = [
@@ -179,7 +183,7 @@ mod tests {
         let now = Utc::now();
         for (status, expected) in table {
             let outcome = classify_status(status, &HeaderMap::new(), now);
-            assert_eq!(kind(&outcome), expected, "HTTP {status}");
+            assert_eq!(outcome.kind(), expected, "HTTP {status}");
             assert_eq!(outcome.status(), Some(status));
         }
     }

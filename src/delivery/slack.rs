@@ -122,14 +122,6 @@ mod tests {
     use reqwest::header::{HeaderValue, RETRY_AFTER};
     use std::time::Duration;
 
-    fn kind(o: &Outcome) -> &'static str {
-        match o {
-            Outcome::Delivered { .. } => "delivered",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Permanent { .. } => "permanent",
-        }
-    }
-
     #[test]
     fn errors_table() {
         let now = Utc::now();
@@ -154,23 +146,23 @@ mod tests {
         for (code, expected) in table {
             let body = format!(r#"{{"ok":false,"error":"{code}"}}"#);
             let outcome = classify(200, &HeaderMap::new(), body.as_bytes(), now);
-            assert_eq!(kind(&outcome), expected, "{code}");
+            assert_eq!(outcome.kind(), expected, "{code}");
         }
         let ok = classify(200, &HeaderMap::new(), br#"{"ok":true,"ts":"1.2"}"#, now);
-        assert_eq!(kind(&ok), "delivered");
+        assert_eq!(ok.kind(), "delivered");
         assert_eq!(
-            kind(&classify(200, &HeaderMap::new(), b"<html>", now)),
+            classify(200, &HeaderMap::new(), b"<html>", now).kind(),
             "retry"
         );
         assert_eq!(
-            kind(&classify(200, &HeaderMap::new(), br#"{"ok":false}"#, now)),
+            classify(200, &HeaderMap::new(), br#"{"ok":false}"#, now).kind(),
             "permanent"
         );
         assert_eq!(
-            kind(&classify(404, &HeaderMap::new(), b"", now)),
+            classify(404, &HeaderMap::new(), b"", now).kind(),
             "permanent"
         );
-        assert_eq!(kind(&classify(503, &HeaderMap::new(), b"", now)), "retry");
+        assert_eq!(classify(503, &HeaderMap::new(), b"", now).kind(), "retry");
     }
 
     #[test]

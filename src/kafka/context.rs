@@ -212,6 +212,39 @@ pub fn subscribed(
     Ok(Arc::new(consumer))
 }
 
+/// The next message that is this consumer's to work on, detached and begun; `None` once
+/// `shutdown` is cancelled. Consumer errors are logged and reading goes on; messages of
+/// partitions not assigned here, or begun already (re-fetched), are skipped.
+pub async fn next_owned(
+    consumer: &GroupConsumer,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<(rdkafka::message::OwnedMessage, super::offsets::Position)> {
+    use rdkafka::Message;
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            received = consumer.recv() => received,
+        };
+        let message = match received {
+            Ok(message) => message.detach(),
+            Err(error) => {
+                tracing::warn!(role = consumer.context().role, %error, "consumer error");
+                continue;
+            }
+        };
+        match begin(consumer, &message) {
+            Some(pos) => return Some((message, pos)),
+            None => tracing::debug!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                "record not begun: not assigned here, or begun already"
+            ),
+        }
+    }
+}
+
 /// Registers work on a received message; `None` when it is not ours to do (revoked or re-fetched).
 pub fn begin<M: rdkafka::Message>(
     consumer: &GroupConsumer,
@@ -261,10 +294,12 @@ pub fn commit_stored(consumer: &GroupConsumer, role: &str) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(error) => {
-            tracing::warn!(role, %error, "final commit failed; the uncommitted work will be repeated")
+            tracing::warn!(role, %error, "final commit failed; the uncommitted work will be repeated");
+            return; // the broker did not answer the commit: do not wait on it again
         }
     }
-    if let Ok(committed) = consumer.committed(std::time::Duration::from_secs(5)) {
+    // One short round trip: what the group now holds, for an operator reading the log.
+    if let Ok(committed) = consumer.committed(std::time::Duration::from_secs(1)) {
         let offsets: Vec<String> = committed
             .elements()
             .iter()

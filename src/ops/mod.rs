@@ -85,8 +85,8 @@ impl Ops {
     }
 }
 
-/// Reads every partition of `topic` from the beginning to its current end.
-fn read_topic(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+/// Reads every partition of `topic` from the beginning to its current end, oldest first.
+pub fn read_topic(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer =
         client::reader(kafka, &format!("{}.ops", kafka.group_id)).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{next_step, Step};
 use crate::delivery::{Channels, Outcome, Sent};
-use crate::kafka::context::{begin, finish, GroupConsumer};
+use crate::kafka::context::{finish, next_owned, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::{OutRecord, Output};
 use crate::kafka::topics::Topics;
@@ -43,28 +43,7 @@ impl Deliverer {
         drain: Duration,
     ) {
         let tracker = TaskTracker::new();
-        loop {
-            let received = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                received = consumer.recv() => received,
-            };
-            let message = match received {
-                Ok(message) => message.detach(),
-                Err(error) => {
-                    tracing::warn!(%error, "delivery consumer error");
-                    continue;
-                }
-            };
-            let Some(pos) = begin(&consumer, &message) else {
-                tracing::debug!(
-                    topic = message.topic(),
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    "record not begun: not assigned here, or begun already"
-                );
-                continue;
-            };
+        while let Some((message, pos)) = next_owned(&consumer, &shutdown).await {
             let tier = self.topics.tier_of(message.topic()).unwrap_or(0);
             let record = match decode(&message) {
                 Ok(record) => record,

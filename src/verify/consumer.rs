@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{marker_key, wanted, Marker, Sent};
 use crate::delivery::email::Mailer;
-use crate::kafka::context::{begin, finish, GroupConsumer};
+use crate::kafka::context::{finish, next_owned, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::{OutRecord, Output};
 use crate::metrics::{Metrics, VerificationOutcome};
@@ -42,22 +42,7 @@ pub struct Verifier {
 
 impl Verifier {
     pub async fn run(self, consumer: Arc<GroupConsumer>, shutdown: CancellationToken) {
-        loop {
-            let received = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                received = consumer.recv() => received,
-            };
-            let message = match received {
-                Ok(message) => message.detach(),
-                Err(error) => {
-                    tracing::warn!(%error, "verification consumer error");
-                    continue;
-                }
-            };
-            let Some(pos) = begin(&consumer, &message) else {
-                continue;
-            };
+        while let Some((message, pos)) = next_owned(&consumer, &shutdown).await {
             match self.handle(&message, &consumer, &pos, &shutdown).await {
                 Handled::Done => finish(&consumer, &pos),
                 Handled::Revoked => {} // the partition's new owner handles the record
