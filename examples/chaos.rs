@@ -374,9 +374,32 @@ allow_private_targets = true
         started.elapsed().as_secs_f64()
     );
     let drain_deadline = Instant::now() + Duration::from_secs(180);
-    while (seen.lock().unwrap().successes.len() as u64) < expected
-        && Instant::now() < drain_deadline
-    {
+    // Tansu 0.6.0 sometimes leaves a SIGKILLed member's partitions assigned to it (Apache
+    // Kafka evicts it after session.timeout.ms). When the drain makes no progress for 30 s,
+    // instance a leaves and rejoins (SIGTERM, start) so the group rebalances; each time is
+    // reported, so a stall of the service's own making would still show.
+    let stall = Duration::from_secs(30);
+    let (mut progress, mut since) = (0u64, Instant::now());
+    let mut forced = 0;
+    loop {
+        let delivered = seen.lock().unwrap().successes.len() as u64;
+        if delivered >= expected || Instant::now() >= drain_deadline {
+            break;
+        }
+        if delivered > progress {
+            (progress, since) = (delivered, Instant::now());
+        } else if since.elapsed() >= stall {
+            println!(
+                "[{:>5.1}s] drain stalled {}s with {} deliveries missing: instance a leaves and rejoins to force a rebalance",
+                started.elapsed().as_secs_f64(),
+                stall.as_secs(),
+                expected - delivered
+            );
+            tokio::task::block_in_place(|| instances[0].terminate());
+            instances[0].start(&bin, &config, &logs);
+            forced += 1;
+            since = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Late duplicates from work repeated after the last kill would show up now.
@@ -392,6 +415,21 @@ allow_private_targets = true
     ]
     .map(|(group, topic)| (topic, uncommitted(&brokers, group, topic)));
     let dead_letters: usize = reasons.iter().map(|(_, n)| n).sum();
+    let missing: Vec<String> = {
+        let seen = seen.lock().unwrap();
+        (0..produced)
+            .flat_map(|i| (0..opts.channels).map(move |k| (i, k)))
+            .map(|(i, k)| {
+                sysmos_notify::model::delivery::delivery_id(
+                    "acc",
+                    &format!("evt_{i}"),
+                    &format!("hook{k}"),
+                )
+            })
+            .filter(|id| !seen.successes.contains_key(id))
+            .collect()
+    };
+    let traces = trace(&brokers, &missing);
     let _ = broker.kill();
     let _ = broker.wait();
 
@@ -414,7 +452,22 @@ allow_private_targets = true
         "duplicated:          {duplicated} ({:.3}% of deliveries)",
         100.0 * duplicated as f64 / expected.max(1) as f64
     );
+    let mut repeated: Vec<&String> = seen
+        .successes
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    repeated.sort();
+    if !repeated.is_empty() {
+        let sample: Vec<&str> = repeated.iter().take(5).map(|id| id.as_str()).collect();
+        println!("  e.g. {}", sample.join(" "));
+    }
     println!("dead letters:        {dead_letters}");
+    println!(
+        "forced rebalances:   {forced} (after a drain stalled {}s)",
+        stall.as_secs()
+    );
     for (reason, n) in reasons.iter().take(5) {
         println!("  {n} × {reason}");
     }
@@ -427,6 +480,9 @@ allow_private_targets = true
         for (topic, behind) in &backlog {
             println!("  not committed in {topic}: {behind:?}");
         }
+        for line in traces.iter().take(10) {
+            println!("  missing {line}");
+        }
     }
     if lost > 0 || dead_letters > 0 {
         eprintln!("chaos: FAILED: {lost} deliveries lost, {dead_letters} dead letters");
@@ -434,17 +490,21 @@ allow_private_targets = true
     }
 }
 
-/// The dead letters' reasons and attempts, with how many times each occurred.
-fn dead_letter_reasons(brokers: &str, topic: &str) -> Vec<(String, usize)> {
-    use rdkafka::Message;
+/// The service's Kafka settings for reading the run's topics.
+fn kafka_settings(brokers: &str) -> sysmos_notify::config::KafkaSettings {
     let env = [(
         "SYSMOS_NOTIFY__KAFKA__BROKERS".to_owned(),
         brokers.to_owned(),
     )];
-    let kafka = sysmos_notify::config::Settings::load_with_env(None, env)
+    sysmos_notify::config::Settings::load_with_env(None, env)
         .expect("valid settings")
-        .kafka;
-    let Ok(records) = sysmos_notify::ops::read_topic(&kafka, topic) else {
+        .kafka
+}
+
+/// The dead letters' reasons and attempts, with how many times each occurred.
+fn dead_letter_reasons(brokers: &str, topic: &str) -> Vec<(String, usize)> {
+    use rdkafka::Message;
+    let Ok(records) = sysmos_notify::ops::read_topic(&kafka_settings(brokers), topic) else {
         return vec![("the DLQ could not be read".into(), 0)];
     };
     let mut reasons: HashMap<String, usize> = HashMap::new();
@@ -474,6 +534,38 @@ fn dead_letter_reasons(brokers: &str, topic: &str) -> Vec<(String, usize)> {
     let mut reasons: Vec<_> = reasons.into_iter().collect();
     reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     reasons
+}
+
+/// For each missing delivery: what the receivers and `P.handled` know of it.
+fn trace(brokers: &str, missing: &[String]) -> Vec<String> {
+    use rdkafka::Message;
+    if missing.is_empty() {
+        return Vec::new();
+    }
+    let handled = sysmos_notify::ops::read_topic(&kafka_settings(brokers), "chaos.notify.handled")
+        .unwrap_or_default();
+    let mut marks: HashMap<&str, Vec<String>> = HashMap::new();
+    for m in &handled {
+        let h: serde_json::Value =
+            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+        if let Some(id) = missing.iter().find(|id| h["delivery_id"] == id.as_str()) {
+            marks.entry(id).or_default().push(format!(
+                "{} after {} attempts at {}",
+                h["next"].as_str().unwrap_or("?"),
+                h["attempts_before"],
+                h["at"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    missing
+        .iter()
+        .map(|id| {
+            let handled = marks
+                .get(id.as_str())
+                .map_or("none".into(), |m| m.join("; "));
+            format!("{id}: P.handled: {handled}")
+        })
+        .collect()
 }
 
 /// Per partition of `topic`: end offset minus the offset `group` committed.

@@ -78,6 +78,12 @@ pub struct DeliverySettings {
     /// How long an open circuit skips its destination before one probe is let through.
     #[serde(deserialize_with = "duration")]
     pub breaker_cooldown: Duration,
+    /// How long what became of a delivery record is remembered (`P.handled`): repeats and
+    /// problems superseded by a delivered recovery are recognised within it.
+    #[serde(deserialize_with = "duration")]
+    pub dedup_window: Duration,
+    /// At most this many handled records are remembered; the oldest are forgotten first.
+    pub dedup_capacity: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +241,22 @@ impl Settings {
         if self.delivery.breaker_threshold == 0 {
             return Err(ConfigError::key(
                 "delivery.breaker_threshold",
+                "must be at least 1",
+            ));
+        }
+        let retrying: Duration = self.retry.delays.iter().sum();
+        if self.delivery.dedup_window <= retrying {
+            return Err(ConfigError::key(
+                "delivery.dedup_window",
+                format!(
+                    "must be longer than the retry delays together ({retrying:?}), or a retried \
+                     problem could outlive the memory of its recovery"
+                ),
+            ));
+        }
+        if self.delivery.dedup_capacity == 0 {
+            return Err(ConfigError::key(
+                "delivery.dedup_capacity",
                 "must be at least 1",
             ));
         }

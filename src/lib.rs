@@ -8,6 +8,7 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod kafka;
+pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod ops;
@@ -34,6 +35,7 @@ use crate::delivery::Channels;
 use crate::kafka::context::{commit_stored, subscribed, ServiceContext};
 use crate::kafka::producer::Output;
 use crate::kafka::topics::Topics;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::retry::consumer::Deliverer;
 use crate::router::consumer::Router;
@@ -57,7 +59,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tracing::info!(brokers = %kafka.brokers, prefix = %kafka.topic_prefix, tiers = topics.retry.len(),
         config = %settings.effective(), "starting sysmos-notify {}", env!("CARGO_PKG_VERSION"));
 
-    if !kafka::topics::set_up(kafka, &topics, &shutdown).await? {
+    if !kafka::topics::set_up(&settings, &topics, &shutdown).await? {
         return Ok(()); // stopped before the cluster answered
     }
 
@@ -88,11 +90,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         move |message| table_sent.apply(message.key(), message.payload()),
         shutdown.clone(),
     )?;
+    // And what became of recent deliveries: a record handled before this start (offset not
+    // yet committed when the last process died) is not attempted again.
+    let ledger = Arc::new(Ledger::new(
+        settings.delivery.dedup_window,
+        settings.delivery.dedup_capacity,
+    ));
+    let table_ledger = ledger.clone();
+    let (handled, mut handled_loaded) = kafka::table::follow(
+        kafka,
+        &format!("{}.handled", kafka.group_id),
+        "handled",
+        metrics.clone(),
+        &topics.handled,
+        move |message| table_ledger.apply_bytes(message.payload()),
+        shutdown.clone(),
+    )?;
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         _ = async {
             let _ = settings_loaded.wait_for(|loaded| *loaded).await;
             let _ = markers_loaded.wait_for(|loaded| *loaded).await;
+            let _ = handled_loaded.wait_for(|loaded| *loaded).await;
         } => readiness.settings_loaded.store(true, Ordering::Release),
     }
 
@@ -143,6 +162,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         delays: settings.retry.delays.clone(),
         cache,
         channels,
+        ledger,
+        in_flight: Default::default(),
         output: output.clone(),
         metrics,
         permits: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
@@ -161,7 +182,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     drop(router_consumer);
     drop(deliverer_consumer);
     drop(verifier_consumer);
-    let _ = tokio::join!(reader, markers, admin_server);
+    let _ = tokio::join!(reader, markers, handled, admin_server);
     tracing::info!("stopped: in-flight work finished and offsets committed");
     Ok(())
 }

@@ -22,6 +22,11 @@ pub enum DeliveryOutcome {
     DeadLettered,
     /// The channel was removed or disabled before the attempt: nothing sent.
     Dropped,
+    /// A problem whose recovery was delivered on the channel first: nothing sent.
+    Superseded,
+    /// A delivery record handled before (re-read after a crash or rebalance, or an event
+    /// read twice): nothing sent.
+    Duplicate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +254,8 @@ impl Metrics {
             DeliveryOutcome::Retried => "retried",
             DeliveryOutcome::DeadLettered => "dead_lettered",
             DeliveryOutcome::Dropped => "dropped",
+            DeliveryOutcome::Superseded => "superseded",
+            DeliveryOutcome::Duplicate => "duplicate",
         };
         self.deliveries.with_label_values(&[channel, label]).inc();
     }

@@ -62,6 +62,8 @@ impl Settings {
                 "max_in_flight_per_destination": self.delivery.max_in_flight_per_destination,
                 "breaker_threshold": self.delivery.breaker_threshold,
                 "breaker_cooldown": format!("{:?}", self.delivery.breaker_cooldown),
+                "dedup_window": format!("{:?}", self.delivery.dedup_window),
+                "dedup_capacity": self.delivery.dedup_capacity,
             },
             "http": {"listen": self.http.listen.to_string()},
             "dashboard": {"base_url": self.dashboard.base_url},

@@ -147,6 +147,16 @@ fn refusals_name_the_key() {
             "kafka.partitions",
         ),
         ("", &[("SYSMOS_NOTIFY__DELIVERY__BOGUS", "1")], "bogus"),
+        (
+            "[delivery]\ndedup_window = \"5m\"\n",
+            &[],
+            "delivery.dedup_window",
+        ),
+        (
+            "[delivery]\ndedup_capacity = 0\n",
+            &[],
+            "delivery.dedup_capacity",
+        ),
     ];
     for (text, vars, key) in cases {
         let err = load(text, vars).expect_err(text).to_string();

@@ -12,7 +12,15 @@ use crate::model::Secret;
 use crate::render::{pagerduty, Alert};
 
 pub async fn send(channels: &Channels, alert: &Alert<'_>, integration_key: &Secret) -> Outcome {
-    let mut body = pagerduty::event(alert);
+    post(channels, pagerduty::event(alert), integration_key).await
+}
+
+/// Resolves the incident `dedup_key` (a recovery overtook its alert: see `crate::ledger`).
+pub async fn resolve(channels: &Channels, dedup_key: &str, integration_key: &Secret) -> Outcome {
+    post(channels, pagerduty::resolve(dedup_key), integration_key).await
+}
+
+async fn post(channels: &Channels, mut body: Value, integration_key: &Secret) -> Outcome {
     body["routing_key"] = Value::String(integration_key.expose().to_owned());
     let request = channels
         .http

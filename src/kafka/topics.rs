@@ -8,7 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{KafkaSettings, Settings};
+use crate::config::Settings;
 
 /// Dead letters and rejected events wait for an operator: keep them 30 days.
 const LONG_RETENTION_MS: &str = "2592000000";
@@ -29,6 +29,9 @@ pub struct Topics {
     pub replayed: String,
     /// Attempt reports of `send-test` deliveries; kept one day.
     pub reports: String,
+    /// What became of each delivery record handled (`crate::ledger`), kept
+    /// `delivery.dedup_window`.
+    pub handled: String,
 }
 
 impl Topics {
@@ -42,6 +45,7 @@ impl Topics {
             verifications: format!("{prefix}.verifications"),
             replayed: format!("{prefix}.replayed"),
             reports: format!("{prefix}.reports"),
+            handled: format!("{prefix}.handled"),
         }
     }
 
@@ -77,10 +81,12 @@ impl Topics {
 /// Waits for the cluster and creates the missing topics, retrying with back-off; `false`
 /// when `shutdown` came first.
 pub async fn set_up(
-    kafka: &KafkaSettings,
+    settings: &Settings,
     topics: &Topics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<bool> {
+    let kafka = &settings.kafka;
+    let handled_retention = settings.delivery.dedup_window;
     let admin: Arc<AdminClient<DefaultClientContext>> =
         Arc::new(super::client::admin(kafka).create()?);
     let mut backoff = Duration::from_millis(500);
@@ -93,7 +99,7 @@ pub async fn set_up(
             r = tokio::task::spawn_blocking(move || probe.inner().fetch_metadata(None, Duration::from_secs(5))) => r,
         };
         let attempt = match reachable {
-            Ok(Ok(_)) => ensure(&admin, topics, kafka.partitions).await,
+            Ok(Ok(_)) => ensure(&admin, topics, kafka.partitions, handled_retention).await,
             Ok(Err(error)) => Err(anyhow::anyhow!(
                 "Kafka at {} not reachable: {error}",
                 kafka.brokers
@@ -118,7 +124,9 @@ pub async fn ensure(
     admin: &AdminClient<DefaultClientContext>,
     topics: &Topics,
     partitions: i32,
+    handled_retention: Duration,
 ) -> anyhow::Result<()> {
+    let handled_retention_ms = handled_retention.as_millis().to_string();
     let mut wanted = vec![
         NewTopic::new(&topics.config, partitions, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact"),
@@ -132,6 +140,8 @@ pub async fn ensure(
             .set("cleanup.policy", "compact"),
         NewTopic::new(&topics.reports, partitions, TopicReplication::Fixed(-1))
             .set("retention.ms", ONE_DAY_MS),
+        NewTopic::new(&topics.handled, partitions, TopicReplication::Fixed(-1))
+            .set("retention.ms", &handled_retention_ms),
         NewTopic::new(&topics.deliveries, partitions, TopicReplication::Fixed(-1)),
         NewTopic::new(&topics.dlq, partitions, TopicReplication::Fixed(-1))
             .set("retention.ms", LONG_RETENTION_MS),

@@ -32,6 +32,10 @@ pub struct DeliveryRecord {
     /// with a fresh attempt count, so nobody gets the alert twice).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reached: Vec<String>,
+    /// Set when `dlq replay` put the delivery back: a replay is a new run of the delivery,
+    /// not a repeat of the first (see `crate::ledger`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_at: Option<DateTime<Utc>>,
     /// Set by `send-test`: every attempt's outcome is also written to `P.reports`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub report: bool,
@@ -104,6 +108,7 @@ impl DeliveryRecord {
             not_before: None,
             attempts: Vec::new(),
             reached: Vec::new(),
+            replayed_at: None,
             report: false,
             event: event.clone(),
         }
@@ -118,12 +123,13 @@ impl DeliveryRecord {
     }
 
     /// The delivery as a replay puts it back on `P.deliveries`: a fresh attempt count, due
-    /// now, with the recipients already reached remembered.
+    /// now, marked as replayed now, with the recipients already reached remembered.
     pub fn replayed(&self) -> Self {
         let mut fresh = self.clone();
         fresh.reached = self.reached_so_far().map(str::to_owned).collect();
         fresh.attempts.clear();
         fresh.not_before = None;
+        fresh.replayed_at = Some(Utc::now());
         fresh
     }
 

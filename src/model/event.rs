@@ -1,7 +1,7 @@
 //! Alert events produced upstream (CONTRACT §3): validation into a typed view that keeps
 //! every field of the original JSON, in order, so unknown fields are passed on untouched.
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -117,6 +117,13 @@ impl Event {
             },
             _ => given.unwrap_or(Severity::Warning),
         }
+    }
+
+    /// When it happened upstream (validated RFC 3339).
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(self.str_field("occurred_at"))
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
     }
 
     /// Recoveries resolve incidents instead of opening them.

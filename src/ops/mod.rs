@@ -38,7 +38,7 @@ impl Ops {
         let shutdown = crate::shutdown::on_signal();
         let ready = tokio::time::timeout(
             KAFKA_TIMEOUT,
-            crate::kafka::topics::set_up(&settings.kafka, &topics, &shutdown),
+            crate::kafka::topics::set_up(&settings, &topics, &shutdown),
         )
         .await;
         match ready {

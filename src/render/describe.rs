@@ -19,7 +19,7 @@ pub(super) struct Words {
 
 impl Words {
     fn fact(&mut self, label: &str, value: Option<String>) {
-        if let Some(value) = value.filter(|v| !v.is_empty()) {
+        if let Some(value) = value.filter(|v| !v.trim().is_empty()) {
             self.facts.push(Fact {
                 label: label.to_owned(),
                 value,
@@ -231,7 +231,14 @@ fn generic(s: &Subject<'_>) -> Words {
             let text = scalar(value)
                 .or_else(|| list(value))
                 .unwrap_or_else(|| value.to_string());
-            words.fact(&capitalize(&key.replace('_', " ")), Some(text));
+            // Discord refuses a field without a name: an empty or blank key gets one (found
+            // by fuzzing).
+            let label = super::text::one_line(&key.replace('_', " "));
+            let label = match label.trim() {
+                "" => "(unnamed field)".to_owned(),
+                named => capitalize(named),
+            };
+            words.fact(&label, Some(text));
         }
     }
     words

@@ -53,7 +53,7 @@ pub fn message(alert: &Alert<'_>) -> Value {
     budget = budget.saturating_sub(description.chars().count());
     let mut fields = Vec::new();
     for fact in alert.facts.iter().take(FIELDS) {
-        let name = cut(&fact.label, FIELD_NAME);
+        let name = fit(&fact.label, FIELD_NAME, markdown);
         let value = fit(&fact.value, FIELD_VALUE, markdown);
         let size = name.chars().count() + value.chars().count();
         if size > budget {

@@ -116,7 +116,7 @@ impl<'a> Alert<'a> {
     }
 
     fn fact(&mut self, label: &str, value: Option<String>) {
-        if let Some(value) = value.filter(|v| !v.is_empty()) {
+        if let Some(value) = value.filter(|v| !v.trim().is_empty()) {
             self.facts.push(Fact {
                 label: label.to_owned(),
                 value,

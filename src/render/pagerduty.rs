@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::text::cut;
 use super::Alert;
-use crate::model::Severity;
+use crate::model::{Event, Severity};
 
 /// PagerDuty's limits: `dedup_key` 255 characters, `summary` 1024.
 const DEDUP_KEY: usize = 255;
@@ -18,17 +18,17 @@ const DETAIL: usize = 2048;
 /// The incident an event belongs to, on its resource: a monitor's availability (down,
 /// degraded and their recovery) and its certificate are two incidents; a server's offline
 /// state and each anomaly metric are distinct.
-pub fn condition(alert: &Alert<'_>) -> String {
-    let fields = alert.event.alert();
+pub fn condition(event: &Event) -> String {
+    let fields = event.alert();
     let get = |k: &str| fields.get(k).and_then(Value::as_str).unwrap_or_default();
-    let kind = alert.event.kind();
+    let kind = event.kind();
     let (_, name) = kind.split_once('.').unwrap_or((kind, kind));
     match kind {
         "monitor.down" | "monitor.degraded" | "monitor.recovered" => "availability".into(),
         "monitor.ssl_expiring" => "ssl".into(),
         "server.offline" => "offline".into(),
         "server.anomaly" => format!("anomaly:{}", get("metric")),
-        _ if alert.recovery => match (get("condition"), get("metric")) {
+        _ if event.is_recovery() => match (get("condition"), get("metric")) {
             ("anomaly", metric) => format!("anomaly:{metric}"),
             ("", _) => "availability".into(),
             (condition, _) => condition.to_owned(),
@@ -39,15 +39,15 @@ pub fn condition(alert: &Alert<'_>) -> String {
 
 /// `sysmos:{account}:{product}:{resource}:{condition}`: the same for an alert and its
 /// recovery, different for different incidents, stable across retries and restarts.
-/// Coordinates too long for PagerDuty's 255 characters are hashed instead.
-pub fn dedup_key(alert: &Alert<'_>) -> String {
-    let event = alert.event;
+/// Coordinates too long for PagerDuty's 255 characters are hashed instead. Every channel
+/// uses it to name the incident an event opens or resolves (see `crate::ledger`).
+pub fn dedup_key(event: &Event) -> String {
     let readable = format!(
         "sysmos:{}:{}:{}:{}",
         event.account_id(),
         event.product_key(),
         event.resource_id(),
-        condition(alert)
+        condition(event)
     );
     if readable.chars().count() <= DEDUP_KEY {
         return readable;
@@ -86,7 +86,7 @@ pub fn event(alert: &Alert<'_>) -> Value {
     let source = alert.target.clone().unwrap_or_else(|| alert.name.clone());
     json!({
         "event_action": if alert.recovery { "resolve" } else { "trigger" },
-        "dedup_key": dedup_key(alert),
+        "dedup_key": dedup_key(alert.event),
         "payload": {
             "summary": cut(&format!("[{}] {}", alert.tag, alert.summary.trim_end_matches('.')), SUMMARY),
             "source": cut(&source, SUMMARY),
@@ -103,6 +103,12 @@ pub fn event(alert: &Alert<'_>) -> Value {
     })
 }
 
+/// The Events API v2 body without `routing_key` that resolves the incident `dedup_key`:
+/// sent again when a recovery overtook its alert (see `crate::ledger`).
+pub fn resolve(dedup_key: &str) -> Value {
+    json!({"event_action": "resolve", "dedup_key": dedup_key})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,7 +120,7 @@ mod tests {
             "occurred_at": "2025-01-15T10:30:00Z",
             "server": {"id": resource, "name": "n"}, "alert": alert});
         let event = Event::decode(Some(event.to_string().as_bytes())).unwrap();
-        dedup_key(&Alert::new(&event, "https://d"))
+        dedup_key(&event)
     }
 
     #[test]

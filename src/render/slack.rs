@@ -41,8 +41,9 @@ pub fn message(alert: &Alert<'_>, channel: &str) -> Value {
         .iter()
         .take(FIELDS)
         .map(|f| {
-            // `*label*\nvalue`: the label is ours, the value is the event's.
-            let label = format!("*{}*\n", cut(&f.label, 100).replace('*', ""));
+            // `*label*\nvalue`. An unknown event type's labels are its alert keys: escaped
+            // too (found by fuzzing: a key `<!channel>` would have notified the channel).
+            let label = format!("*{}*\n", fit(&f.label.replace('*', ""), 100, mrkdwn));
             let room = FIELD - label.chars().count();
             mrkdwn_text(label + &fit(&f.value, room, mrkdwn))
         })

@@ -15,13 +15,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{next_step, Step};
-use crate::delivery::{Channels, Outcome, Sent};
+use crate::delivery::{pagerduty, Channels, Outcome, Sent};
 use crate::kafka::context::{finish, next_owned, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::{OutRecord, Output};
 use crate::kafka::topics::Topics;
+use crate::ledger::{Handled, InFlight, Ledger, Next, Verdict};
 use crate::metrics::{DeliveryOutcome, Metrics};
-use crate::model::{Attempt, AttemptOutcome, AttemptReport, DeadLetter, DeliveryRecord};
+use crate::model::{
+    Attempt, AttemptOutcome, AttemptReport, Channel, ChannelKind, DeadLetter, DeliveryRecord,
+};
+use crate::render::pagerduty::dedup_key as pagerduty_key;
 use crate::settings_cache::SettingsCache;
 
 pub struct Deliverer {
@@ -29,6 +33,10 @@ pub struct Deliverer {
     pub delays: Vec<Duration>,
     pub cache: Arc<SettingsCache>,
     pub channels: Arc<Channels>,
+    /// What became of recent delivery records (`P.handled`): repeats and superseded problems.
+    pub ledger: Arc<Ledger>,
+    /// The records being attempted here, so two copies are not sent at once.
+    pub in_flight: InFlight,
     pub output: Arc<Output>,
     pub metrics: Arc<Metrics>,
     /// `delivery.max_in_flight` attempts at once in this process.
@@ -100,24 +108,73 @@ impl Deliverer {
     /// One attempt of one delivery, and the write of where it goes next.
     async fn attempt(
         self: Arc<Self>,
-        mut record: DeliveryRecord,
+        record: DeliveryRecord,
         tier: usize,
         consumer: Arc<GroupConsumer>,
         pos: Position,
         _permit: OwnedSemaphorePermit,
     ) {
-        let Some(channel) = self
+        // A copy of this record in flight here goes first; this one then asks the ledger.
+        let _claim = self.in_flight.claim(&record).await;
+        let attempts_before = record.attempts.len() as u32;
+        let (account, channel_id, id) =
+            (&record.account_id, &record.channel_id, &record.delivery_id);
+        let channel = self
             .cache
             .channel(&record.account_id, &record.channel_id)
-            .filter(|c| c.deliverable())
-        else {
-            tracing::info!(account = %record.account_id, channel = %record.channel_id, delivery = %record.delivery_id,
-                "channel removed, disabled or without a verified recipient; delivery dropped");
-            self.metrics
-                .delivery(&record.channel_type, DeliveryOutcome::Dropped);
-            finish(&consumer, &pos);
-            return;
+            .filter(|c| c.deliverable());
+        let (next, counted) = match (self.ledger.verdict(&record), channel) {
+            (Verdict::Repeat, _) => {
+                tracing::info!(account = %account, channel = %channel_id, delivery = %id, attempts_before,
+                    "handled before (re-read after a restart or rebalance, or a repeated event); not sent again");
+                self.metrics
+                    .delivery(&record.channel_type, DeliveryOutcome::Duplicate);
+                finish(&consumer, &pos);
+                return;
+            }
+            (Verdict::Attempt, Some(channel)) => {
+                self.send(record, tier, channel, consumer, pos).await;
+                return;
+            }
+            (Verdict::Superseded, channel) => {
+                tracing::info!(account = %account, channel = %channel_id, delivery = %id, event = %record.event_type,
+                    "its incident's recovery was delivered on this channel already; problem dropped");
+                // An earlier attempt that got no answer may have opened the incident anyway.
+                let unanswered = record.attempts.iter().any(|a| a.status.is_none());
+                if let (Some(channel), true) = (channel, unanswered) {
+                    self.resolve_again(&channel, &record).await;
+                }
+                (Next::Superseded, DeliveryOutcome::Superseded)
+            }
+            (_, None) => {
+                tracing::info!(account = %account, channel = %channel_id, delivery = %id,
+                    "channel removed, disabled or without a verified recipient; delivery dropped");
+                (Next::Dropped, DeliveryOutcome::Dropped)
+            }
         };
+        let handled = Handled::of(&record, attempts_before, next);
+        if self
+            .output
+            .write(vec![self.handled_record(&handled)])
+            .await
+            .is_ok()
+        {
+            self.ledger.apply(&handled, Utc::now());
+            self.metrics.delivery(&record.channel_type, counted);
+            finish(&consumer, &pos);
+        }
+    }
+
+    /// The attempt itself, and the write of where the delivery goes next.
+    async fn send(
+        &self,
+        mut record: DeliveryRecord,
+        tier: usize,
+        channel: Channel,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+    ) {
+        let attempts_before = record.attempts.len() as u32;
         let kind = channel.kind.name();
         let at = Utc::now();
         let started = Instant::now();
@@ -144,15 +201,29 @@ impl Deliverer {
             elapsed,
             reached,
         ));
+        let overtaken = || {
+            self.ledger.recovered_since(
+                &record.account_id,
+                &record.channel_id,
+                &pagerduty_key(&record.event),
+                record.event.occurred_at(),
+            )
+        };
+        if matches!(outcome, Outcome::Delivered { .. })
+            && !record.event.is_recovery()
+            && overtaken()
+        {
+            self.resolve_again(&channel, &record).await;
+        }
         let attempt = record.attempts.len();
         let step = next_step(&outcome, tier, &self.delays, Utc::now());
-        let (mut out, counted) = match &step {
-            Step::Done => (Vec::new(), DeliveryOutcome::Delivered),
+        let (mut out, counted, next) = match &step {
+            Step::Done => (Vec::new(), DeliveryOutcome::Delivered, Next::Delivered),
             Step::Retry { tier, not_before } => {
                 record.not_before = Some(*not_before);
                 let payload = serde_json::to_vec(&record).expect("delivery records serialize");
                 let out = OutRecord::new(self.topics.tier_topic(*tier), record.key(), payload);
-                (vec![out], DeliveryOutcome::Retried)
+                (vec![out], DeliveryOutcome::Retried, Next::Retry)
             }
             Step::DeadLetter { reason } => {
                 let letter = DeadLetter {
@@ -162,20 +233,28 @@ impl Deliverer {
                 };
                 let payload = serde_json::to_vec(&letter).expect("dead letters serialize");
                 let out = OutRecord::new(&self.topics.dlq, record.key(), payload);
-                (vec![out], DeliveryOutcome::DeadLettered)
+                (vec![out], DeliveryOutcome::DeadLettered, Next::DeadLettered)
             }
         };
         if record.report {
             out.push(self.report(&record, &step));
         }
-        let written = if out.is_empty() {
-            Ok(())
-        } else {
-            self.output.write(out).await
-        };
-        if written.is_err() {
+        // The outcome first, then the record that it was handled: were `P.handled` taken and
+        // the next tier not (a kill between the two), the re-read record would be skipped and
+        // the delivery lost. The other way round, the worst is a repeat.
+        if !out.is_empty() && self.output.write(out).await.is_err() {
             return; // stopping and the broker did not take it: not finished, repeated after restart
         }
+        let handled = Handled::of(&record, attempts_before, next);
+        if self
+            .output
+            .write(vec![self.handled_record(&handled)])
+            .await
+            .is_err()
+        {
+            return;
+        }
+        self.ledger.apply(&handled, Utc::now());
         self.metrics.delivery(kind, counted);
         let status = outcome.status();
         let ms = elapsed.as_millis() as u64;
@@ -197,6 +276,30 @@ impl Deliverer {
             (Step::Retry { .. }, _) => {}
         }
         finish(&consumer, &pos);
+    }
+
+    /// The `P.handled` record saying what became of a delivery record.
+    fn handled_record(&self, handled: &Handled) -> OutRecord {
+        let payload = serde_json::to_vec(handled).expect("handled records serialize");
+        OutRecord::new(&self.topics.handled, handled.delivery_id.clone(), payload)
+    }
+
+    /// Resolves a PagerDuty problem's incident again: its recovery was delivered while the
+    /// problem was in flight (on this instance or another), or before an unanswered attempt.
+    async fn resolve_again(&self, channel: &Channel, record: &DeliveryRecord) {
+        let ChannelKind::PagerDuty { integration_key } = &channel.kind else {
+            return;
+        };
+        let incident = pagerduty_key(&record.event);
+        let (account, channel_id) = (&record.account_id, &record.channel_id);
+        match pagerduty::resolve(&self.channels, &incident, integration_key).await {
+            Outcome::Delivered { .. } => tracing::info!(account = %account, channel = %channel_id,
+                dedup_key = %incident, "the recovery overtook this alert; incident resolved again"),
+            failed => {
+                tracing::error!(account = %account, channel = %channel_id, dedup_key = %incident,
+                error = ?failed, "the recovery overtook this alert and resolving the incident again failed; resolve it in PagerDuty")
+            }
+        }
     }
 
     /// The `P.reports` record of the attempt just made (for `send-test`).

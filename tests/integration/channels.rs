@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::common::receiver::{Receiver, Recorded, Reply};
 use crate::common::scenario::*;
-use crate::common::{until, Service, Setup};
+use crate::common::{Service, Setup};
 
 /// A setup whose Slack API and PagerDuty Events API are `provider`.
 async fn setup_with(name: &str, provider: &Receiver) -> Setup {
@@ -20,18 +20,6 @@ async fn setup_with(name: &str, provider: &Receiver) -> Setup {
     );
     setup.write_config();
     setup
-}
-
-async fn requests_with(receiver: &Receiver, needle: &str, n: usize) -> Vec<Recorded> {
-    until(
-        WAIT,
-        &format!("{n} requests with {needle}"),
-        || async move {
-            let r = receiver.requests_with(needle);
-            (r.len() >= n).then_some(r)
-        },
-    )
-    .await
 }
 
 /// The dead letter of `channel`, once `n` dead letters exist.

@@ -292,6 +292,13 @@ fn kubernetes_manifests_reference_each_other() {
         dlq_retention >= 7 * 24 * 3600 * 1000,
         "the DLQ is kept long"
     );
+    let handled_retention = declared[&topics.handled]["spec"]["config"]["retention.ms"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        handled_retention >= settings.delivery.dedup_window.as_millis() as u64,
+        "P.handled is kept as long as it is remembered"
+    );
 }
 
 fn owned_topics(topics: &Topics) -> BTreeSet<String> {
@@ -303,6 +310,7 @@ fn owned_topics(topics: &Topics) -> BTreeSet<String> {
         &topics.verifications,
         &topics.replayed,
         &topics.reports,
+        &topics.handled,
     ]
     .into_iter()
     .cloned()

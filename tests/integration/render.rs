@@ -8,6 +8,8 @@ use serde_json::Value;
 use sysmos_notify::model::Event;
 use sysmos_notify::render::{discord, email, pagerduty, slack, Alert};
 
+use crate::common::limits::{assert_renderings_hold, collect_mrkdwn};
+
 const DASHBOARD: &str = "https://app.sysmos.io";
 
 fn root() -> PathBuf {
@@ -100,66 +102,10 @@ fn every_channel_renders_every_event_as_snapshotted() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-fn chars(v: &Value) -> usize {
-    v.as_str().map_or(0, |s| s.chars().count())
-}
-
 #[test]
 fn every_rendering_stays_within_provider_limits() {
     for (name, event) in fixtures() {
-        let alert = Alert::new(&event, DASHBOARD);
-
-        let s = slack::message(&alert, "C1");
-        let blocks = s["blocks"].as_array().unwrap();
-        assert!(blocks.len() <= 50, "{name}");
-        assert!(chars(&s["text"]) <= 3000, "{name}: fallback text");
-        for block in blocks {
-            match block["type"].as_str().unwrap() {
-                "header" => assert!(chars(&block["text"]["text"]) <= 150, "{name}: header"),
-                "section" => {
-                    assert!(chars(&block["text"]["text"]) <= 3000, "{name}: section");
-                    let fields = block["fields"].as_array().map_or(&[][..], |f| f.as_slice());
-                    assert!(fields.len() <= 10, "{name}: fields");
-                    for f in fields {
-                        assert!(chars(&f["text"]) <= 2000, "{name}: field");
-                    }
-                }
-                "actions" => assert!(chars(&block["elements"][0]["url"]) <= 3000, "{name}: url"),
-                "context" => assert!(chars(&block["elements"][0]["text"]) <= 3000, "{name}"),
-                other => panic!("{name}: unexpected block {other}"),
-            }
-        }
-
-        let d = discord::message(&alert);
-        let embed = &d["embeds"][0];
-        assert!(chars(&embed["title"]) <= 256, "{name}: title");
-        assert!(chars(&embed["description"]) <= 4096, "{name}: description");
-        assert!(chars(&embed["footer"]["text"]) <= 2048, "{name}: footer");
-        let fields = embed["fields"].as_array().unwrap();
-        assert!(fields.len() <= 25, "{name}: fields");
-        for f in fields {
-            assert!(
-                chars(&f["name"]) <= 256 && chars(&f["value"]) <= 1024,
-                "{name}"
-            );
-            assert!(
-                chars(&f["value"]) > 0,
-                "{name}: Discord refuses empty field values"
-            );
-        }
-        assert!(discord::embed_size(&d) <= 6000, "{name}: embed total");
-        assert_eq!(d["allowed_mentions"]["parse"], serde_json::json!([]));
-
-        let p = pagerduty::event(&alert);
-        assert!(chars(&p["payload"]["summary"]) <= 1024, "{name}: summary");
-        assert!(chars(&p["dedup_key"]) <= 255, "{name}: dedup_key");
-        assert!(
-            ["critical", "warning", "info"].contains(&p["payload"]["severity"].as_str().unwrap())
-        );
-        assert!(
-            serde_json::to_vec(&p).unwrap().len() < 512 * 1024,
-            "{name}: PD size"
-        );
+        assert_renderings_hold(&name, &event, DASHBOARD);
     }
 }
 
@@ -221,15 +167,4 @@ fn recovery_resolves_the_incident_its_alert_opened() {
     assert_eq!(key("server.recovered.anomaly").0, key("server.anomaly").0);
     assert_ne!(key("server.anomaly").0, key("server.offline").0);
     assert_eq!(key("monitor.down"), key("monitor.down"), "stable");
-}
-
-fn collect_mrkdwn(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(o) if o.get("type") == Some(&Value::from("mrkdwn")) => {
-            out.push(o["text"].as_str().unwrap().to_owned())
-        }
-        Value::Object(o) => o.values().for_each(|v| collect_mrkdwn(v, out)),
-        Value::Array(a) => a.iter().for_each(|v| collect_mrkdwn(v, out)),
-        _ => {}
-    }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 use sysmos_notify::model::{AccountSettings, DeadLetter, DeliveryRecord, Event};
 
-const SCHEMAS: [&str; 7] = [
+const SCHEMAS: [&str; 8] = [
     "event.schema.json",
     "account-settings.schema.json",
     "delivery.schema.json",
@@ -14,6 +14,7 @@ const SCHEMAS: [&str; 7] = [
     "webhook-body.schema.json",
     "verification-marker.schema.json",
     "attempt-report.schema.json",
+    "handled.schema.json",
 ];
 
 fn load(name: &str) -> Value {
@@ -142,6 +143,21 @@ fn attempt_report_examples_validate_and_round_trip() {
             serde_json::from_value(example.clone()).unwrap();
         assert_eq!(
             serde_json::to_value(&report).unwrap(),
+            example,
+            "round trip"
+        );
+    }
+}
+
+#[test]
+fn handled_examples_validate_and_round_trip() {
+    let v = validator("handled.schema.json");
+    for example in examples("handled.schema.json") {
+        assert_valid(&v, "handled record", &example);
+        let handled: sysmos_notify::ledger::Handled =
+            serde_json::from_value(example.clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&handled).unwrap(),
             example,
             "round trip"
         );

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fuzz_checks;
+pub mod limits;
 pub mod receiver;
 pub mod scenario;
 pub mod smtp;
@@ -278,6 +280,8 @@ pub struct Setup {
     pub private_targets: bool,
     /// More `[delivery]` keys, one per line.
     pub delivery: String,
+    /// More `[kafka.client]` properties, one per line.
+    pub client: String,
     pub http_port: u16,
     pub producer: FutureProducer,
     pub config: tempfile::NamedTempFile,
@@ -295,6 +299,7 @@ impl Setup {
             extra: String::new(),
             private_targets: true,
             delivery: String::new(),
+            client: String::new(),
             http_port: free_port(),
             producer: producer(),
             config: tempfile::Builder::new().suffix(".toml").tempfile().unwrap(),
@@ -318,6 +323,7 @@ partitions = 2
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
 "topic.metadata.refresh.interval.ms" = "1000"
+{client}
 [retry]
 delays = [{delays}]
 [delivery]
@@ -337,6 +343,7 @@ base_url = "https://app.example.test"
             extra = self.extra,
             private = self.private_targets,
             delivery = self.delivery,
+            client = self.client,
         );
         std::fs::write(self.config.path(), text).unwrap();
     }

@@ -32,6 +32,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Held this long before it is sent (on top of the receiver's own delay).
+    pub after: std::time::Duration,
 }
 
 impl Reply {
@@ -40,6 +42,7 @@ impl Reply {
             status,
             headers: Vec::new(),
             body: "{}".into(),
+            after: std::time::Duration::ZERO,
         }
     }
 
@@ -48,7 +51,14 @@ impl Reply {
             status,
             headers: vec![("content-type", "application/json".into())],
             body: body.to_string(),
+            after: std::time::Duration::ZERO,
         }
+    }
+
+    /// The same answer, held `after` before it is sent.
+    pub fn after(mut self, after: std::time::Duration) -> Self {
+        self.after = after;
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
@@ -162,7 +172,7 @@ impl Receiver {
                                     s.requests.push(recorded);
                                     (reply, s.delay)
                                 };
-                                tokio::time::sleep(delay).await;
+                                tokio::time::sleep(delay + reply.after).await;
                                 let mut response = Response::builder().status(reply.status);
                                 for (name, value) in reply.headers {
                                     response = response.header(name, value);

@@ -64,6 +64,19 @@ pub async fn requests_reach(receiver: &Receiver, n: usize) -> Vec<Recorded> {
     .await
 }
 
+/// The requests whose path or body contains `needle`, once there are at least `n`.
+pub async fn requests_with(receiver: &Receiver, needle: &str, n: usize) -> Vec<Recorded> {
+    until(
+        WAIT,
+        &format!("{n} requests with {needle}"),
+        || async move {
+            let r = receiver.requests_with(needle);
+            (r.len() >= n).then_some(r)
+        },
+    )
+    .await
+}
+
 /// Every record of `topic` once it holds at least `n`.
 pub async fn records(topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
     until(WAIT, &format!("{n} records in {topic}"), || async move {

@@ -1,0 +1,367 @@
+//! What became of recent delivery records, shared by every instance: repeats are not sent
+//! twice, and a problem whose recovery was already delivered is not sent at all.
+//!
+//! Every delivery record a deliverer handles leaves a [`Handled`] record in `P.handled`,
+//! written after the record's outcome (next tier, DLQ) is acknowledged — never with it: a
+//! kill between the two writes must not leave a handled mark without the next tier, or the
+//! re-read record would be skipped and lost — and before its offset is stored. Every
+//! instance reads `P.handled` from the beginning at start (readiness waits for it) and
+//! follows it, keeping the last `delivery.dedup_window` of it, at most
+//! `delivery.dedup_capacity` entries, in a [`Ledger`]. Before an attempt, [`Ledger::verdict`]
+//! says:
+//!
+//! - **repeat**: this very record (same delivery, same replay, same number of attempts) was
+//!   handled already — the offset was not committed before a crash or a rebalance, or the
+//!   router read the event twice — or the delivery was delivered: nothing is sent;
+//! - **superseded**: a problem whose incident's recovery (same channel, same
+//!   [`dedup_key`](crate::render::pagerduty::dedup_key), `occurred_at` not earlier) was
+//!   already delivered: dropped, so nobody is told "down" after "recovered";
+//! - otherwise the attempt is made.
+//!
+//! The windows left are documented in the README ("Duplicates and superseded alerts"): an
+//! attempt whose outcome was not yet written when the process died, and two instances
+//! handling the same record within the time `P.handled` takes to reach the other.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::model::DeliveryRecord;
+
+/// The value of a `P.handled` record, keyed by `delivery_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handled {
+    pub delivery_id: String,
+    pub account_id: String,
+    pub channel_id: String,
+    /// Set on a record put back by `dlq replay`: a replay is a new run of the delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_at: Option<DateTime<Utc>>,
+    /// How many attempts the record carried when it was read (0 on `P.deliveries`).
+    pub attempts_before: u32,
+    pub next: Next,
+    /// The incident the event opens or resolves (its PagerDuty `dedup_key`).
+    pub incident: String,
+    pub recovery: bool,
+    pub occurred_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
+/// What became of a handled record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Next {
+    Delivered,
+    Retry,
+    DeadLettered,
+    /// The channel was removed or disabled.
+    Dropped,
+    /// A problem whose recovery was delivered first.
+    Superseded,
+}
+
+impl Handled {
+    pub fn of(record: &DeliveryRecord, attempts_before: u32, next: Next) -> Self {
+        Self {
+            delivery_id: record.delivery_id.clone(),
+            account_id: record.account_id.clone(),
+            channel_id: record.channel_id.clone(),
+            replayed_at: record.replayed_at,
+            attempts_before,
+            next,
+            incident: crate::render::pagerduty::dedup_key(&record.event),
+            recovery: record.event.is_recovery(),
+            occurred_at: record.event.occurred_at(),
+            at: Utc::now(),
+        }
+    }
+}
+
+/// Whether to attempt a delivery record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Attempt,
+    /// Handled before (or delivered): nothing to do.
+    Repeat,
+    /// A problem whose recovery was delivered on this channel: dropped.
+    Superseded,
+}
+
+/// The delivery records being attempted in this process. A second copy of a record in
+/// flight (the router read an event twice after a restart, and both deliveries sit in one
+/// partition) waits for the first to finish, then asks the ledger again, instead of being
+/// sent at the same moment.
+#[derive(Default)]
+pub struct InFlight {
+    claims: Mutex<HashMap<Id, Arc<Notify>>>,
+}
+
+/// Holds a record's identity until dropped; then the copies waiting for it go on.
+pub struct Claim<'a> {
+    owner: &'a InFlight,
+    id: Id,
+}
+
+impl InFlight {
+    /// Claims `record`'s identity, first waiting while another copy holds it.
+    pub async fn claim(&self, record: &DeliveryRecord) -> Claim<'_> {
+        let id = read_id(
+            &record.delivery_id,
+            record.replayed_at,
+            record.attempts.len() as u32,
+        );
+        loop {
+            let held = {
+                let mut claims = self.claims.lock().expect("in-flight lock");
+                match claims.get(&id) {
+                    None => {
+                        claims.insert(id, Arc::new(Notify::new()));
+                        return Claim { owner: self, id };
+                    }
+                    Some(held) => held.clone(),
+                }
+            };
+            let released = held.notified();
+            tokio::pin!(released);
+            // Registered before looking again, so a release in between is not missed.
+            released.as_mut().enable();
+            if !self
+                .claims
+                .lock()
+                .expect("in-flight lock")
+                .get(&id)
+                .is_some_and(|h| Arc::ptr_eq(h, &held))
+            {
+                continue;
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let held = self
+            .owner
+            .claims
+            .lock()
+            .expect("in-flight lock")
+            .remove(&self.id);
+        if let Some(held) = held {
+            held.notify_waiters();
+        }
+    }
+}
+
+/// 128 bits of SHA-256 over length-prefixed parts: collisions (which would wrongly suppress
+/// a delivery) are out of reach at any capacity.
+type Id = u128;
+
+fn id(parts: &[&[u8]]) -> Id {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    let digest = hash.finalize();
+    u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"))
+}
+
+fn read_id(delivery_id: &str, replayed_at: Option<DateTime<Utc>>, attempts: u32) -> Id {
+    let replay = replayed_at.map(|t| t.timestamp_micros()).unwrap_or(0);
+    id(&[
+        b"read",
+        delivery_id.as_bytes(),
+        &replay.to_be_bytes(),
+        &attempts.to_be_bytes(),
+    ])
+}
+
+fn delivered_id(delivery_id: &str) -> Id {
+    id(&[b"delivered", delivery_id.as_bytes()])
+}
+
+fn incident_id(channel_id: &str, account_id: &str, incident: &str) -> Id {
+    id(&[
+        b"incident",
+        account_id.as_bytes(),
+        channel_id.as_bytes(),
+        incident.as_bytes(),
+    ])
+}
+
+#[derive(Default)]
+struct Entries {
+    seen: HashSet<Id>,
+    /// Incident → `occurred_at` (µs) of its latest delivered recovery.
+    recovered: HashMap<Id, i64>,
+    /// Oldest first: what to forget when the window passes or the capacity is reached.
+    order: VecDeque<Entry>,
+}
+
+/// One remembered fact, 32 bytes: `id` was seen, or (when `recovered_at` is set) the
+/// incident `id` recovered at that time.
+#[derive(Clone, Copy)]
+struct Entry {
+    id: Id,
+    /// When it was handled, µs since the epoch.
+    at: i64,
+    /// `NOT_RECOVERY` for a seen record.
+    recovered_at: i64,
+}
+
+const NOT_RECOVERY: i64 = i64::MIN;
+
+/// The recent part of `P.handled`, in memory.
+pub struct Ledger {
+    window: chrono::Duration,
+    capacity: usize,
+    entries: Mutex<Entries>,
+}
+
+impl Ledger {
+    pub fn new(window: Duration, capacity: usize) -> Self {
+        Self {
+            window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
+            capacity: capacity.max(1),
+            entries: Mutex::default(),
+        }
+    }
+
+    /// Applies one record of `P.handled`; records older than the window, or unreadable, are
+    /// skipped (an unreadable one only means a repeat may not be recognised).
+    pub fn apply_bytes(&self, payload: Option<&[u8]>) {
+        match payload.map(serde_json::from_slice::<Handled>) {
+            Some(Ok(handled)) => self.apply(&handled, Utc::now()),
+            Some(Err(error)) => tracing::debug!(%error, "unreadable handled record skipped"),
+            None => {}
+        }
+    }
+
+    pub fn apply(&self, handled: &Handled, now: DateTime<Utc>) {
+        let horizon = now - self.window;
+        if handled.at < horizon {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("ledger lock");
+        let at = handled.at.timestamp_micros();
+        let read = read_id(
+            &handled.delivery_id,
+            handled.replayed_at,
+            handled.attempts_before,
+        );
+        entries.remember(Entry {
+            id: read,
+            at,
+            recovered_at: NOT_RECOVERY,
+        });
+        if handled.next == Next::Delivered {
+            let id = delivered_id(&handled.delivery_id);
+            entries.remember(Entry {
+                id,
+                at,
+                recovered_at: NOT_RECOVERY,
+            });
+            if handled.recovery {
+                let id = incident_id(&handled.channel_id, &handled.account_id, &handled.incident);
+                let recovered_at = handled.occurred_at.timestamp_micros();
+                entries.remember(Entry {
+                    id,
+                    at,
+                    recovered_at,
+                });
+            }
+        }
+        entries.forget(horizon.timestamp_micros(), self.capacity);
+    }
+
+    /// Whether to attempt `record`.
+    pub fn verdict(&self, record: &DeliveryRecord) -> Verdict {
+        let entries = self.entries.lock().expect("ledger lock");
+        let read = read_id(
+            &record.delivery_id,
+            record.replayed_at,
+            record.attempts.len() as u32,
+        );
+        if entries.seen.contains(&read) || entries.seen.contains(&delivered_id(&record.delivery_id))
+        {
+            return Verdict::Repeat;
+        }
+        if !record.event.is_recovery() {
+            let incident = crate::render::pagerduty::dedup_key(&record.event);
+            let key = incident_id(&record.channel_id, &record.account_id, &incident);
+            if entries.recovered.get(&key).is_some_and(|recovered| {
+                *recovered >= record.event.occurred_at().timestamp_micros()
+            }) {
+                return Verdict::Superseded;
+            }
+        }
+        Verdict::Attempt
+    }
+
+    /// Whether a recovery of `incident` on the channel, not older than `occurred_at`, has been
+    /// delivered: a problem delivered after it must be resolved again.
+    pub fn recovered_since(
+        &self,
+        account_id: &str,
+        channel_id: &str,
+        incident: &str,
+        occurred_at: DateTime<Utc>,
+    ) -> bool {
+        let key = incident_id(channel_id, account_id, incident);
+        let entries = self.entries.lock().expect("ledger lock");
+        entries
+            .recovered
+            .get(&key)
+            .is_some_and(|recovered| *recovered >= occurred_at.timestamp_micros())
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("ledger lock").order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Entries {
+    fn remember(&mut self, entry: Entry) {
+        if entry.recovered_at == NOT_RECOVERY {
+            if !self.seen.insert(entry.id) {
+                return;
+            }
+        } else {
+            let latest = self.recovered.entry(entry.id).or_insert(entry.recovered_at);
+            if *latest > entry.recovered_at {
+                return;
+            }
+            *latest = entry.recovered_at;
+        }
+        self.order.push_back(entry);
+    }
+
+    fn forget(&mut self, horizon: i64, capacity: usize) {
+        while let Some(oldest) = self.order.front().copied() {
+            if oldest.at >= horizon && self.order.len() <= capacity {
+                break;
+            }
+            self.order.pop_front();
+            if oldest.recovered_at == NOT_RECOVERY {
+                self.seen.remove(&oldest.id);
+            } else if self.recovered.get(&oldest.id) == Some(&oldest.recovered_at) {
+                // A later recovery of the same incident has its own, later entry.
+                self.recovered.remove(&oldest.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
