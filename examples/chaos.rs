@@ -12,9 +12,11 @@
 #[path = "../tests/integration/common/receiver.rs"]
 mod receiver;
 
+#[allow(dead_code)]
+#[path = "shared/harness.rs"]
+mod harness;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
+use harness::{create_topics, start_broker, Instance, Setting};
 use receiver::{Receiver, Reply};
 
 /// A small deterministic generator (xorshift64*), so a seed replays the same chaos.
@@ -72,80 +75,6 @@ fn options() -> Options {
     o
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "broker not up on {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn start_broker(script: &Path, port: u16, data: &Path) -> Child {
-    let child = Command::new(script)
-        .arg(port.to_string())
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the broker");
-    wait_for_port(port);
-    child
-}
-
-/// One service instance: the binary with the run's config and its own metrics port.
-struct Instance {
-    name: &'static str,
-    child: Option<Child>,
-}
-
-impl Instance {
-    fn start(&mut self, bin: &Path, config: &Path, logs: &Path) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(logs.join(format!("{}.log", self.name)))
-            .unwrap();
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(config)
-            .env(
-                "SYSMOS_NOTIFY__HTTP__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env(
-                "RUST_LOG",
-                std::env::var("CHAOS_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sysmos-notify");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-        }
-    }
-}
-
 /// What the receivers saw, per webhook-id.
 #[derive(Default)]
 struct Seen {
@@ -161,16 +90,14 @@ fn now_ms() -> i64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let opts = options();
-    let bin = PathBuf::from(std::env::var("SYSMOS_BIN").expect("SYSMOS_BIN: the service binary"));
-    let script = PathBuf::from(
-        std::env::var("SYSMOS_BROKER_SCRIPT").unwrap_or_else(|_| "scripts/broker".into()),
-    );
-    let work = tempfile::tempdir().unwrap().keep();
-    let (data, logs) = (work.join("broker"), work.clone());
-    let port = free_port();
-    let brokers = format!("127.0.0.1:{port}");
     // Blocking waits (processes, ports) run off the async workers: the receivers live here.
-    let mut broker = tokio::task::block_in_place(|| start_broker(&script, port, &data));
+    let mut setting = tokio::task::block_in_place(Setting::start);
+    let (bin, logs, brokers) = (
+        setting.bin.clone(),
+        setting.work.clone(),
+        setting.brokers.clone(),
+    );
+    let work = logs.clone();
     let mut rng = Rng(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
 
     // Receivers: each delivery fails at random at most twice, then is answered 200.
@@ -223,26 +150,20 @@ allow_private_targets = true
         ),
     )
     .unwrap();
+    create_topics(
+        &brokers,
+        4,
+        &[
+            ("chaos.monitor.alerts", false),
+            ("chaos.notify.config", true),
+        ],
+    )
+    .await;
     let client = |c: &mut ClientConfig| {
         c.set("bootstrap.servers", &brokers)
             .set("message.timeout.ms", "120000")
             .clone()
     };
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        client(&mut ClientConfig::new()).create().unwrap();
-    let topics = ["chaos.monitor.alerts", "chaos.notify.config"].map(|t| {
-        let topic =
-            rdkafka::admin::NewTopic::new(t, 4, rdkafka::admin::TopicReplication::Fixed(-1));
-        if t.ends_with("config") {
-            topic.set("cleanup.policy", "compact")
-        } else {
-            topic
-        }
-    });
-    admin
-        .create_topics(topics.iter(), &rdkafka::admin::AdminOptions::new())
-        .await
-        .unwrap();
     let producer: FutureProducer = client(&mut ClientConfig::new())
         .set("enable.idempotence", "true")
         .create()
@@ -262,18 +183,10 @@ allow_private_targets = true
         .map_err(|(e, _)| e)
         .unwrap();
 
-    let mut instances = [
-        Instance {
-            name: "a",
-            child: None,
-        },
-        Instance {
-            name: "b",
-            child: None,
-        },
-    ];
+    let log_filter = std::env::var("CHAOS_SERVICE_LOG").unwrap_or_else(|_| "warn".into());
+    let mut instances = [Instance::new("a"), Instance::new("b")];
     for instance in &mut instances {
-        instance.start(&bin, &config, &logs);
+        instance.start(&bin, &config, &logs, &log_filter);
     }
     println!(
         "chaos: {}s at {} events/s, {} webhook channels per event, seed {}; broker {brokers}; logs in {}",
@@ -333,12 +246,11 @@ allow_private_targets = true
                 "[{:>5.1}s] broker: SIGKILL and restart",
                 started.elapsed().as_secs_f64()
             );
-            tokio::task::block_in_place(|| {
-                let _ = broker.kill();
-                let _ = broker.wait();
-            });
+            tokio::task::block_in_place(|| setting.stop_broker());
             tokio::time::sleep(Duration::from_secs(2)).await;
-            broker = tokio::task::block_in_place(|| start_broker(&script, port, &data));
+            setting.broker = tokio::task::block_in_place(|| {
+                start_broker(&setting.script, setting.port, &setting.data)
+            });
             broker_restarted = true;
             continue;
         }
@@ -353,7 +265,7 @@ allow_private_targets = true
                 tokio::task::block_in_place(|| instances[which].kill());
                 kills += 1;
                 tokio::time::sleep(Duration::from_millis(500 + rng.below(2500))).await;
-                instances[which].start(&bin, &config, &logs);
+                instances[which].start(&bin, &config, &logs, &log_filter);
             }
             _ => {
                 println!(
@@ -363,7 +275,7 @@ allow_private_targets = true
                 tokio::task::block_in_place(|| instances[1].terminate());
                 leaves += 1;
                 tokio::time::sleep(Duration::from_secs(2 + rng.below(4))).await;
-                instances[1].start(&bin, &config, &logs);
+                instances[1].start(&bin, &config, &logs, &log_filter);
             }
         }
     }
@@ -396,7 +308,7 @@ allow_private_targets = true
                 expected - delivered
             );
             tokio::task::block_in_place(|| instances[0].terminate());
-            instances[0].start(&bin, &config, &logs);
+            instances[0].start(&bin, &config, &logs, &log_filter);
             forced += 1;
             since = Instant::now();
         }
@@ -430,8 +342,7 @@ allow_private_targets = true
             .collect()
     };
     let traces = trace(&brokers, &missing);
-    let _ = broker.kill();
-    let _ = broker.wait();
+    setting.stop_broker();
 
     let seen = seen.lock().unwrap();
     let delivered = seen.successes.len() as u64;

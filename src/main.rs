@@ -9,6 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use sysmos_notify::config::Settings;
 use sysmos_notify::ops::{self, dlq, Ops};
 
+/// mimalloc instead of the system allocator: an alert storm allocates and frees small
+/// records at a high rate, and glibc malloc was 15% of the service's CPU in the storm
+/// profile (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sysmos-notify",

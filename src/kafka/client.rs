@@ -122,7 +122,7 @@ pub fn producer(settings: &KafkaSettings) -> ClientConfig {
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", "20")
         .set("compression.type", "none");
     passthrough(&mut config, settings, Role::Producer);
     config
@@ -146,7 +146,7 @@ mod tests {
         for (k, v) in [
             ("fetch.wait.max.ms", "10"),
             ("session.timeout.ms", "6000"),
-            ("linger.ms", "20"),
+            ("linger.ms", "30"),
             ("security.protocol", "SASL_SSL"),
         ] {
             settings.client.insert(k.into(), v.into());
@@ -155,7 +155,7 @@ mod tests {
         let producer = producer(&settings);
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("10"));
         assert_eq!(consumer.get("linger.ms"), None);
-        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(producer.get("linger.ms"), Some("30"));
         assert_eq!(producer.get("session.timeout.ms"), None);
         for config in [&consumer, &producer, &admin(&settings)] {
             assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));

@@ -216,7 +216,8 @@ impl Deliverer {
             self.resolve_again(&channel, &record).await;
         }
         let attempt = record.attempts.len();
-        let step = next_step(&outcome, tier, &self.delays, Utc::now());
+        let deferred = skipped == Some("busy");
+        let step = next_step(&outcome, tier, &self.delays, Utc::now(), deferred);
         let (mut out, counted, next) = match &step {
             Step::Done => (Vec::new(), DeliveryOutcome::Delivered, Next::Delivered),
             Step::Retry { tier, not_before } => {

@@ -25,7 +25,16 @@ pub enum Step {
 
 /// The plan: a failure that may pass goes one tier up and waits that tier's delay (or the
 /// provider's `Retry-After` when longer); past the last tier, or when it will not pass, the DLQ.
-pub fn next_step(outcome: &Outcome, tier: usize, delays: &[Duration], now: DateTime<Utc>) -> Step {
+/// A delivery `deferred` because its destination was busy (at its in-flight cap, answering,
+/// just slowly) was not attempted: past the last tier it waits in the last tier again rather
+/// than being dead-lettered, so a slow but healthy provider in a storm loses nothing to the DLQ.
+pub fn next_step(
+    outcome: &Outcome,
+    tier: usize,
+    delays: &[Duration],
+    now: DateTime<Utc>,
+    deferred: bool,
+) -> Step {
     match outcome {
         Outcome::Delivered { .. } => Step::Done,
         Outcome::Permanent { error, .. } => Step::DeadLetter {
@@ -33,12 +42,12 @@ pub fn next_step(outcome: &Outcome, tier: usize, delays: &[Duration], now: DateT
         },
         Outcome::Retry {
             error, retry_after, ..
-        } => match delays.get(tier) {
+        } => match delays.get(tier).or(delays.last().filter(|_| deferred)) {
             Some(delay) => {
                 let wait = retry_after.map_or(*delay, |r| r.max(*delay));
                 let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
                 Step::Retry {
-                    tier: tier + 1,
+                    tier: (tier + 1).min(delays.len()),
                     not_before: now + wait,
                 }
             }
@@ -63,27 +72,27 @@ mod tests {
         let now = Utc::now();
         let fail = Outcome::retry("HTTP 500");
         assert_eq!(
-            next_step(&fail, 0, &delays, now),
+            next_step(&fail, 0, &delays, now, false),
             Step::Retry {
                 tier: 1,
                 not_before: now + chrono::Duration::seconds(15)
             }
         );
         assert_eq!(
-            next_step(&fail, 1, &delays, now),
+            next_step(&fail, 1, &delays, now, false),
             Step::Retry {
                 tier: 2,
                 not_before: now + chrono::Duration::seconds(60)
             }
         );
         assert_eq!(
-            next_step(&fail, 2, &delays, now),
+            next_step(&fail, 2, &delays, now, false),
             Step::Retry {
                 tier: 3,
                 not_before: now + chrono::Duration::seconds(240)
             }
         );
-        let Step::DeadLetter { reason } = next_step(&fail, 3, &delays, now) else {
+        let Step::DeadLetter { reason } = next_step(&fail, 3, &delays, now, false) else {
             panic!()
         };
         assert!(
@@ -91,16 +100,48 @@ mod tests {
             "{reason}"
         );
         assert_eq!(
-            next_step(&Outcome::Delivered { status: Some(200) }, 2, &delays, now),
+            next_step(
+                &Outcome::Delivered { status: Some(200) },
+                2,
+                &delays,
+                now,
+                false
+            ),
             Step::Done
         );
         assert!(matches!(
-            next_step(&Outcome::permanent("HTTP 400"), 0, &delays, now),
+            next_step(&Outcome::permanent("HTTP 400"), 0, &delays, now, false),
             Step::DeadLetter { .. }
         ));
         assert!(
-            matches!(next_step(&fail, 0, &[], now), Step::DeadLetter { .. }),
+            matches!(
+                next_step(&fail, 0, &[], now, false),
+                Step::DeadLetter { .. }
+            ),
             "no tiers: straight to the DLQ"
+        );
+    }
+
+    #[test]
+    fn a_busy_destination_never_sends_a_delivery_to_the_dlq() {
+        let delays = [Duration::from_secs(15), Duration::from_secs(60)];
+        let now = Utc::now();
+        let busy = Outcome::retry("destination busy");
+        assert_eq!(
+            next_step(&busy, 2, &delays, now, true),
+            Step::Retry {
+                tier: 2,
+                not_before: now + chrono::Duration::seconds(60)
+            },
+            "waits in the last tier again"
+        );
+        assert!(matches!(
+            next_step(&busy, 2, &delays, now, false),
+            Step::DeadLetter { .. }
+        ));
+        assert!(
+            matches!(next_step(&busy, 0, &[], now, true), Step::DeadLetter { .. }),
+            "no tiers at all: nowhere to wait"
         );
     }
 
@@ -114,7 +155,7 @@ mod tests {
             retry_after: Some(Duration::from_secs(90)),
         };
         assert_eq!(
-            next_step(&slow, 0, &delays, now),
+            next_step(&slow, 0, &delays, now, false),
             Step::Retry {
                 tier: 1,
                 not_before: now + chrono::Duration::seconds(90)
@@ -126,7 +167,7 @@ mod tests {
             retry_after: Some(Duration::from_secs(1)),
         };
         assert_eq!(
-            next_step(&fast, 0, &delays, now),
+            next_step(&fast, 0, &delays, now, false),
             Step::Retry {
                 tier: 1,
                 not_before: now + chrono::Duration::seconds(15)

@@ -123,6 +123,7 @@ async fn no_secret_reaches_logs_topics_metrics_or_cli_output() {
         "verifications",
         "replayed",
         "reports",
+        "handled",
     ] {
         let topic = setup.topic(suffix);
         for record in read_all(&topic) {

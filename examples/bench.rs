@@ -1,0 +1,546 @@
+//! `scripts/bench`: how close the service comes to the broker's own limit. In one run on one
+//! machine it starts the broker, writes the settings of M accounts with K channels each
+//! (webhooks spread over several local ports, plus the Slack and PagerDuty fakes, all
+//! answering after `--delay-ms`), loads N events, runs the service binary and prints
+//! events/s, deliveries/s, produce-to-receipt latency, the service's peak RSS and CPU per
+//! 1,000 deliveries. Then, on the same broker, the pipe baseline: N messages consumed, K
+//! copies of each produced and consumed again, with the service's own client settings and
+//! nothing else; and the ratio of the two.
+//!
+//! Options: `--events N` (20000), `--accounts M` (100), `--channels K` (3), `--delay-ms D`
+//! (0), `--rate R` (0: all events are loaded before the service starts, an alert storm; R > 0:
+//! the service runs first and events arrive at R per second), `--partitions P` (4),
+//! `--no-baseline`, `--env KEY=VALUE` (repeatable: service environment, e.g.
+//! `SYSMOS_NOTIFY__DELIVERY__MAX_IN_FLIGHT=2048`), `--client PROPERTY=VALUE` (repeatable:
+//! librdkafka properties for the service and the baseline alike, e.g. `linger.ms=20`).
+//! Environment: `SYSMOS_BIN`, `SYSMOS_BROKER_SCRIPT`.
+
+#[allow(dead_code)]
+#[path = "shared/harness.rs"]
+mod harness;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::Message;
+use serde_json::json;
+
+use harness::{create_topics, free_port, Instance, Setting};
+
+/// Webhooks are spread over this many local ports: each port is a destination of its own,
+/// as distinct customer endpoints are.
+const WEBHOOK_PORTS: usize = 8;
+
+struct Options {
+    events: u64,
+    accounts: u64,
+    channels: u64,
+    delay: Duration,
+    rate: u64,
+    partitions: i32,
+    baseline: bool,
+    env: Vec<(String, String)>,
+    /// librdkafka properties for the service and the baseline alike (`[kafka.client]`).
+    client: Vec<(String, String)>,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        events: 20_000,
+        accounts: 100,
+        channels: 3,
+        delay: Duration::ZERO,
+        rate: 0,
+        partitions: 4,
+        baseline: true,
+        env: Vec::new(),
+        client: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--no-baseline" {
+            o.baseline = false;
+            continue;
+        }
+        let value = args.next().unwrap_or_else(|| panic!("{flag}: a value"));
+        let number = || {
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{flag}: a number"))
+        };
+        match flag.as_str() {
+            "--events" => o.events = number().max(1),
+            "--accounts" => o.accounts = number().max(1),
+            "--channels" => o.channels = number().max(1),
+            "--delay-ms" => o.delay = Duration::from_millis(number()),
+            "--rate" => o.rate = number(),
+            "--partitions" => o.partitions = number().max(1) as i32,
+            "--env" => {
+                let (k, v) = value.split_once('=').expect("--env KEY=VALUE");
+                o.env.push((k.to_owned(), v.to_owned()));
+            }
+            "--client" => {
+                let (k, v) = value.split_once('=').expect("--client PROPERTY=VALUE");
+                o.client.push((k.to_owned(), v.to_owned()));
+            }
+            other => panic!("unknown option {other}"),
+        }
+    }
+    // Tansu answers a waiting fetch only when fetch.wait.max.ms runs out (BROKER.md): every
+    // hop would cost up to librdkafka's default 500 ms. Apache Kafka needs no such setting.
+    if !o.client.iter().any(|(k, _)| k == "fetch.wait.max.ms") {
+        o.client.push(("fetch.wait.max.ms".into(), "10".into()));
+    }
+    o
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What the fake providers received.
+#[derive(Default)]
+struct Received {
+    count: AtomicU64,
+    /// Produce-to-receipt, ms, for every request that carries `produced_at_ms`.
+    latencies: Mutex<Vec<i64>>,
+}
+
+/// `"produced_at_ms":123` anywhere in a body (webhooks carry the alert, PagerDuty its
+/// custom_details; Slack's rendering does not show it).
+fn produced_at(body: &[u8]) -> Option<i64> {
+    const KEY: &[u8] = b"\"produced_at_ms\":";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits: String = body[at..]
+        .iter()
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| b.is_ascii_digit())
+        .map(|b| *b as char)
+        .collect();
+    digits.parse().ok()
+}
+
+/// A fake provider on `port`: answers each request after `delay` as Slack, PagerDuty or a
+/// webhook receiver would, and counts it.
+async fn serve(port: u16, delay: Duration, received: Arc<Received>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let received = received.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let received = received.clone();
+                async move {
+                    let path = req.uri().path().to_owned();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if let Some(produced) = produced_at(&body) {
+                        let latency = now_ms() - produced;
+                        received.latencies.lock().unwrap().push(latency);
+                    }
+                    received.count.fetch_add(1, Ordering::Relaxed);
+                    let (status, answer) = if path.starts_with("/api/") {
+                        (200, r#"{"ok":true,"channel":"C1","ts":"1.2"}"#)
+                    } else if path.starts_with("/v2/") {
+                        (202, r#"{"status":"success","message":"Event processed"}"#)
+                    } else {
+                        (200, "{}")
+                    };
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(answer)))
+                            .unwrap(),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Channel `k` of an account: webhooks, Slack and PagerDuty in turn (the Slack and PagerDuty
+/// URLs are in the service config).
+fn channel(k: u64, account: u64, ports: &[u16]) -> serde_json::Value {
+    match k % 3 {
+        0 => {
+            let port = ports[((account + k) as usize) % ports.len()];
+            json!({"id": format!("hook{k}"), "type": "webhook",
+                   "url": format!("http://127.0.0.1:{port}/hooks/{account}/{k}")})
+        }
+        1 => json!({"id": format!("slack{k}"), "type": "slack",
+                    "bot_token": format!("xoxb-bench-{account}"), "channel": "C1"}),
+        _ => json!({"id": format!("pd{k}"), "type": "pagerduty",
+                    "integration_key": format!("{account:032x}")}),
+    }
+}
+
+fn event(i: u64, accounts: u64) -> String {
+    let monitor = i % 1000;
+    json!({"event": "monitor.down", "event_id": format!("evt_{i}"),
+        "account_id": format!("acc_{}", i % accounts),
+        "occurred_at": chrono::Utc::now().to_rfc3339(),
+        "monitor": {"id": format!("mon_{monitor}"), "name": format!("API {monitor}"),
+                    "url": format!("https://api.example.com/{monitor}/health")},
+        "alert": {"status": "down", "region": "us-east-1", "response_time_ms": 5023,
+                  "status_code": 503, "error": "HTTP 503 Service Unavailable",
+                  "triggered_at": chrono::Utc::now().to_rfc3339(), "produced_at_ms": now_ms()}})
+    .to_string()
+}
+
+/// Produces `events` to `topic` (at `rate` per second, or as fast as the broker takes them),
+/// every send acknowledged.
+async fn produce(producer: &FutureProducer, topic: &str, events: u64, accounts: u64, rate: u64) {
+    let mut pending = FuturesUnordered::new();
+    let started = Instant::now();
+    for i in 0..events {
+        if let Some(micros) = (i * 1_000_000).checked_div(rate) {
+            let due = started + Duration::from_micros(micros);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let payload = event(i, accounts);
+        let key = format!("mon_{}", i % 1000);
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        // Spawned, so the send starts now (a future in `pending` would wait to be polled).
+        pending.push(tokio::spawn(async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(120),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("the broker takes the event");
+        }));
+        while pending.len() >= 10_000 {
+            pending.next().await;
+        }
+    }
+    while pending.next().await.is_some() {}
+}
+
+/// (user + system CPU seconds, peak RSS in MiB) of a process.
+fn usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    (ticks / 100.0, hwm_kb / 1024.0)
+}
+
+fn percentile(sorted: &[i64], p: usize) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) * p) / 100]
+}
+
+async fn wait_ready(port: u16) {
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status().as_u16() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "service not ready after 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `received` reaches `expected` or nothing arrives for `idle`; the instant of
+/// the last receipt.
+async fn wait_received(received: &Received, expected: u64, idle: Duration) -> Instant {
+    let (mut last, mut at) = (0, Instant::now());
+    loop {
+        let now = received.count.load(Ordering::Relaxed);
+        if now != last {
+            (last, at) = (now, Instant::now());
+        }
+        if now >= expected || at.elapsed() > idle {
+            return at;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pipe baseline: N messages consumed from one topic, K copies of each produced to a
+/// second, and those consumed; messages per second moved through the second topic.
+async fn pipe(kafka: &sysmos_notify::config::KafkaSettings, opts: &Options) -> (u64, f64) {
+    let (source, sink) = ("bench.pipe.in", "bench.pipe.out");
+    create_topics(
+        &kafka.brokers,
+        opts.partitions,
+        &[(source, false), (sink, false)],
+    )
+    .await;
+    let producer: FutureProducer = sysmos_notify::kafka::client::producer(kafka)
+        .create()
+        .unwrap();
+    produce(&producer, source, opts.events, opts.accounts, 0).await;
+    let expected = opts.events * opts.channels;
+    let reader: StreamConsumer = sysmos_notify::kafka::client::group_consumer(kafka, "bench.pipe")
+        .create()
+        .unwrap();
+    reader.subscribe(&[source]).unwrap();
+    let counter: StreamConsumer =
+        sysmos_notify::kafka::client::group_consumer(kafka, "bench.pipe.out")
+            .create()
+            .unwrap();
+    counter.subscribe(&[sink]).unwrap();
+    let started = Instant::now();
+    let moving = {
+        let (producer, copies) = (producer.clone(), opts.channels);
+        tokio::spawn(async move {
+            let mut moved = 0;
+            while moved < expected {
+                let message = reader.recv().await.unwrap();
+                for k in 0..copies {
+                    let key = format!("{k}");
+                    let record = FutureRecord::to(sink)
+                        .key(&key)
+                        .payload(message.payload().unwrap_or_default());
+                    let mut record = record;
+                    loop {
+                        match producer.send_result(record) {
+                            Ok(_) => break,
+                            Err((_, back)) => {
+                                record = back;
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                    }
+                    moved += 1;
+                }
+            }
+            producer
+                .flush(Timeout::After(Duration::from_secs(60)))
+                .unwrap();
+        })
+    };
+    let mut counted = 0;
+    while counted < expected {
+        match tokio::time::timeout(Duration::from_secs(60), counter.recv()).await {
+            Ok(Ok(_)) => counted += 1,
+            Ok(Err(e)) => panic!("pipe: {e}"),
+            Err(_) => break,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    moving.abort();
+    (counted, counted as f64 / elapsed)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let opts = options();
+    let mut setting = tokio::task::block_in_place(Setting::start);
+    let (bin, work, brokers) = (
+        setting.bin.clone(),
+        setting.work.clone(),
+        setting.brokers.clone(),
+    );
+    let expected = opts.events * opts.channels;
+    println!(
+        "bench: {} events × {} channels = {expected} deliveries, {} accounts, receivers answer after {} ms, {}; broker {brokers}",
+        opts.events,
+        opts.channels,
+        opts.accounts,
+        opts.delay.as_millis(),
+        if opts.rate == 0 { "all events loaded first (storm)".to_owned() } else { format!("{} events/s while the service runs", opts.rate) },
+    );
+
+    let received = Arc::new(Received::default());
+    let ports: Vec<u16> = (0..WEBHOOK_PORTS).map(|_| free_port()).collect();
+    let provider = free_port();
+    for p in ports.iter().chain([&provider]) {
+        tokio::spawn(serve(*p, opts.delay, received.clone()));
+    }
+    let config = work.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "bench"
+event_topics = ["^bench\\.monitor\\..*"]
+topic_prefix = "bench.notify"
+partitions = {partitions}
+[kafka.client]
+{client}
+[delivery]
+timeout = "10s"
+allow_private_targets = true
+[channels.slack]
+api_base_url = "http://127.0.0.1:{provider}/api"
+[channels.pagerduty]
+events_url = "http://127.0.0.1:{provider}/v2/enqueue"
+"#,
+            partitions = opts.partitions,
+            client = opts
+                .client
+                .iter()
+                .map(|(k, v)| format!("{k:?} = {v:?}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+    )
+    .unwrap();
+    create_topics(
+        &brokers,
+        opts.partitions,
+        &[
+            ("bench.monitor.alerts", false),
+            ("bench.notify.config", true),
+        ],
+    )
+    .await;
+    // The service's own Kafka settings, for the producer here and the baseline.
+    let kafka = sysmos_notify::config::Settings::load_with_env(Some(&config), std::iter::empty())
+        .unwrap()
+        .kafka;
+    let producer: FutureProducer = sysmos_notify::kafka::client::producer(&kafka)
+        .create()
+        .unwrap();
+    for account in 0..opts.accounts {
+        let channels: Vec<_> = (0..opts.channels)
+            .map(|k| channel(k, account, &ports))
+            .collect();
+        let settings =
+            json!({"account_id": format!("acc_{account}"), "version": 1, "channels": channels});
+        producer
+            .send(
+                FutureRecord::to("bench.notify.config")
+                    .key(&format!("acc_{account}"))
+                    .payload(&settings.to_string()),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    let mut service = Instance::new("service");
+    service.env = opts.env.clone();
+    let loading = Instant::now();
+    if opts.rate == 0 {
+        produce(
+            &producer,
+            "bench.monitor.alerts",
+            opts.events,
+            opts.accounts,
+            0,
+        )
+        .await;
+        println!(
+            "[{:>6.1}s] loaded {} events ({:.0} events/s into the broker)",
+            loading.elapsed().as_secs_f64(),
+            opts.events,
+            opts.events as f64 / loading.elapsed().as_secs_f64()
+        );
+    }
+    service.start(&bin, &config, &work, "warn");
+    let pid = service.pid().unwrap();
+    wait_ready(service.port).await;
+    let (cpu_start, _) = usage(pid);
+    let started = Instant::now();
+    println!("[{:>6.1}s] service ready", loading.elapsed().as_secs_f64());
+    if opts.rate > 0 {
+        produce(
+            &producer,
+            "bench.monitor.alerts",
+            opts.events,
+            opts.accounts,
+            opts.rate,
+        )
+        .await;
+    }
+    let last = wait_received(&received, expected, Duration::from_secs(60)).await;
+    let elapsed = (last - started).as_secs_f64();
+    let (cpu_end, peak_mib) = usage(pid);
+    let (broker_cpu, broker_mib) = usage(setting.broker.id());
+    service.terminate();
+    let delivered = received.count.load(Ordering::Relaxed);
+    let mut latencies = std::mem::take(&mut *received.latencies.lock().unwrap());
+    latencies.sort_unstable();
+    let deliveries_per_s = delivered as f64 / elapsed;
+    println!("\nservice");
+    println!("  delivered:            {delivered} of {expected} in {elapsed:.1} s");
+    println!(
+        "  events/s:             {:.0}",
+        opts.events as f64 * delivered as f64 / expected as f64 / elapsed
+    );
+    println!("  deliveries/s:         {deliveries_per_s:.0}");
+    println!(
+        "  produce→receipt:      p50 {} ms, p99 {} ms, max {} ms ({} webhook and PagerDuty requests)",
+        percentile(&latencies, 50),
+        percentile(&latencies, 99),
+        latencies.last().copied().unwrap_or(0),
+        latencies.len()
+    );
+    println!("  peak RSS:             {peak_mib:.1} MiB");
+    println!(
+        "  CPU:                  {:.2} s, {:.3} s per 1,000 deliveries",
+        cpu_end - cpu_start,
+        (cpu_end - cpu_start) * 1000.0 / delivered.max(1) as f64
+    );
+    println!("  broker so far:        {broker_cpu:.1} CPU s, peak RSS {broker_mib:.0} MiB");
+
+    if opts.baseline {
+        let (moved, per_s) = pipe(&kafka, &opts).await;
+        println!(
+            "\npipe baseline (consume → produce ×{} → consume, same broker and client settings)",
+            opts.channels
+        );
+        println!("  moved:                {moved} of {expected}");
+        println!("  messages/s:           {per_s:.0}");
+        println!(
+            "  service / baseline:   {:.0}%",
+            100.0 * deliveries_per_s / per_s
+        );
+    }
+    setting.stop_broker();
+    if delivered < expected {
+        eprintln!("bench: only {delivered} of {expected} deliveries arrived");
+        std::process::exit(1);
+    }
+}
