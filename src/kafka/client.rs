@@ -111,7 +111,10 @@ pub fn reader(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // librdkafka prefetches up to 64 MiB by default; a follower applies records in a
+        // tight loop and needs far less (BENCHMARKS.md, "Cost growth").
+        .set("queued.max.messages.kbytes", "8192");
     passthrough(&mut config, settings, Role::Consumer);
     config
 }

@@ -17,8 +17,10 @@ use crate::kafka::topics::Topics;
 use crate::metrics::{EventOutcome, Metrics};
 use crate::settings_cache::SettingsCache;
 
-/// Events whose writes may be awaiting acknowledgement at once (bounds memory in a storm).
-const MAX_PENDING_EVENTS: usize = 4096;
+/// Records (deliveries, rejected copies) that may be awaiting acknowledgement at once: bounds
+/// memory in a storm whatever the fan-out. Counted per record, not per event: an event with
+/// ten channels holds ten delivery records (BENCHMARKS.md, "Cost growth").
+const MAX_PENDING_RECORDS: u32 = 4096;
 
 pub struct Router {
     pub topics: Topics,
@@ -35,7 +37,7 @@ impl Router {
         drain: Duration,
     ) {
         let tracker = TaskTracker::new();
-        let permits = Arc::new(Semaphore::new(MAX_PENDING_EVENTS));
+        let permits = Arc::new(Semaphore::new(MAX_PENDING_RECORDS as usize));
         loop {
             let received = tokio::select! {
                 biased;
@@ -103,7 +105,9 @@ impl Router {
             }
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                permit = permits.clone().acquire_many_owned(
+                    (records.len() as u32).min(MAX_PENDING_RECORDS)
+                ) => permit.expect("semaphore never closed"),
             };
             // Enqueued here, in consumption order, so one channel's deliveries keep their order.
             let pending = self.output.enqueue(records).await;
