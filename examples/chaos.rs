@@ -92,12 +92,11 @@ async fn main() {
     let opts = options();
     // Blocking waits (processes, ports) run off the async workers: the receivers live here.
     let mut setting = tokio::task::block_in_place(Setting::start);
-    let (bin, logs, brokers) = (
+    let (bin, work, brokers) = (
         setting.bin.clone(),
         setting.work.clone(),
         setting.brokers.clone(),
     );
-    let work = logs.clone();
     let mut rng = Rng(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
 
     // Receivers: each delivery fails at random at most twice, then is answered 200.
@@ -186,7 +185,7 @@ allow_private_targets = true
     let log_filter = std::env::var("CHAOS_SERVICE_LOG").unwrap_or_else(|_| "warn".into());
     let mut instances = [Instance::new("a"), Instance::new("b")];
     for instance in &mut instances {
-        instance.start(&bin, &config, &logs, &log_filter);
+        instance.start(&bin, &config, &work, &log_filter);
     }
     println!(
         "chaos: {}s at {} events/s, {} webhook channels per event, seed {}; broker {brokers}; logs in {}",
@@ -194,7 +193,7 @@ allow_private_targets = true
         opts.rate,
         opts.channels,
         opts.seed,
-        logs.display()
+        work.display()
     );
 
     // Production, acknowledged: a produce that fails is retried, so `produced` is exact.
@@ -265,7 +264,7 @@ allow_private_targets = true
                 tokio::task::block_in_place(|| instances[which].kill());
                 kills += 1;
                 tokio::time::sleep(Duration::from_millis(500 + rng.below(2500))).await;
-                instances[which].start(&bin, &config, &logs, &log_filter);
+                instances[which].start(&bin, &config, &work, &log_filter);
             }
             _ => {
                 println!(
@@ -275,7 +274,7 @@ allow_private_targets = true
                 tokio::task::block_in_place(|| instances[1].terminate());
                 leaves += 1;
                 tokio::time::sleep(Duration::from_secs(2 + rng.below(4))).await;
-                instances[1].start(&bin, &config, &logs, &log_filter);
+                instances[1].start(&bin, &config, &work, &log_filter);
             }
         }
     }
@@ -308,7 +307,7 @@ allow_private_targets = true
                 expected - delivered
             );
             tokio::task::block_in_place(|| instances[0].terminate());
-            instances[0].start(&bin, &config, &logs, &log_filter);
+            instances[0].start(&bin, &config, &work, &log_filter);
             forced += 1;
             since = Instant::now();
         }

@@ -226,23 +226,20 @@ impl Settings {
                 "must be greater than zero",
             ));
         }
-        if self.delivery.max_in_flight == 0 {
-            return Err(ConfigError::key(
-                "delivery.max_in_flight",
-                "must be at least 1",
-            ));
-        }
-        if self.delivery.max_in_flight_per_destination == 0 {
-            return Err(ConfigError::key(
+        let counts = [
+            ("delivery.max_in_flight", self.delivery.max_in_flight),
+            (
                 "delivery.max_in_flight_per_destination",
-                "must be at least 1",
-            ));
-        }
-        if self.delivery.breaker_threshold == 0 {
-            return Err(ConfigError::key(
+                self.delivery.max_in_flight_per_destination,
+            ),
+            (
                 "delivery.breaker_threshold",
-                "must be at least 1",
-            ));
+                self.delivery.breaker_threshold as usize,
+            ),
+            ("delivery.dedup_capacity", self.delivery.dedup_capacity),
+        ];
+        if let Some((key, _)) = counts.iter().find(|(_, count)| *count == 0) {
+            return Err(ConfigError::key(key, "must be at least 1"));
         }
         let retrying: Duration = self.retry.delays.iter().sum();
         if self.delivery.dedup_window <= retrying {
@@ -252,12 +249,6 @@ impl Settings {
                     "must be longer than the retry delays together ({retrying:?}), or a retried \
                      problem could outlive the memory of its recovery"
                 ),
-            ));
-        }
-        if self.delivery.dedup_capacity == 0 {
-            return Err(ConfigError::key(
-                "delivery.dedup_capacity",
-                "must be at least 1",
             ));
         }
         http_url("dashboard.base_url", &self.dashboard.base_url)?;

@@ -72,7 +72,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let table_cache = cache.clone();
     let (reader, mut settings_loaded) = kafka::table::follow(
         kafka,
-        &format!("{}.settings", kafka.group_id),
         "settings",
         metrics.clone(),
         &topics.config,
@@ -83,7 +82,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let table_sent = sent.clone();
     let (markers, mut markers_loaded) = kafka::table::follow(
         kafka,
-        &format!("{}.verifications", kafka.group_id),
         "verifications",
         metrics.clone(),
         &topics.verifications,
@@ -99,7 +97,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let table_ledger = ledger.clone();
     let (handled, mut handled_loaded) = kafka::table::follow(
         kafka,
-        &format!("{}.handled", kafka.group_id),
         "handled",
         metrics.clone(),
         &topics.handled,
@@ -109,9 +106,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         _ = async {
-            let _ = settings_loaded.wait_for(|loaded| *loaded).await;
-            let _ = markers_loaded.wait_for(|loaded| *loaded).await;
-            let _ = handled_loaded.wait_for(|loaded| *loaded).await;
+            for loaded in [&mut settings_loaded, &mut markers_loaded, &mut handled_loaded] {
+                let _ = loaded.wait_for(|loaded| *loaded).await;
+            }
         } => readiness.settings_loaded.store(true, Ordering::Release),
     }
 

@@ -1,6 +1,7 @@
-//! Reads a compacted topic (the config topic, the verification markers) from the beginning
-//! at every start and follows it, handing each record to the table it feeds; reports when it
-//! has caught up with the end offsets seen at start.
+//! Reads a topic into memory from the beginning at every start and follows it, handing each
+//! record to the table it feeds: the config topic and the verification markers (compacted),
+//! and what became of recent deliveries (`P.handled`, kept `delivery.dedup_window`). Reports
+//! when it has caught up with the end offsets seen at start.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,12 +16,11 @@ use super::context::ServiceContext;
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
 
-/// Starts following `topic` from the beginning with its own reader (group `group`, used for
-/// nothing but client identity), handing each record to `apply`. The receiver turns true
-/// once the topic has been read up to the end offsets seen now.
+/// Starts following `topic` from the beginning with its own reader (group `{group_id}.{role}`,
+/// used for nothing but client identity), handing each record to `apply`. The receiver turns
+/// true once the topic has been read up to the end offsets seen now.
 pub fn follow(
     kafka: &KafkaSettings,
-    group: &str,
     role: &'static str,
     metrics: std::sync::Arc<Metrics>,
     topic: &str,
@@ -29,7 +29,7 @@ pub fn follow(
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, watch::Receiver<bool>)> {
     use rdkafka::config::FromClientConfigAndContext;
     let consumer = StreamConsumer::from_config_and_context(
-        &super::client::reader(kafka, group),
+        &super::client::reader(kafka, &format!("{}.{role}", kafka.group_id)),
         ServiceContext::new(role, metrics, Default::default()),
     )?;
     let targets = assign_all(&consumer, topic)?;

@@ -248,33 +248,32 @@ impl Ledger {
         if handled.at < horizon {
             return;
         }
-        let mut entries = self.entries.lock().expect("ledger lock");
+        // Hashed before the lock is taken: every attempt of every channel goes through here.
         let at = handled.at.timestamp_micros();
-        let read = read_id(
+        let seen = |id| Entry {
+            id,
+            at,
+            recovered_at: NOT_RECOVERY,
+        };
+        let read = seen(read_id(
             &handled.delivery_id,
             handled.replayed_at,
             handled.attempts_before,
-        );
-        entries.remember(Entry {
-            id: read,
-            at,
-            recovered_at: NOT_RECOVERY,
-        });
-        if handled.next == Next::Delivered {
-            let id = delivered_id(&handled.delivery_id);
-            entries.remember(Entry {
-                id,
+        ));
+        let delivered = (handled.next == Next::Delivered).then(|| {
+            let recovery = handled.recovery.then(|| Entry {
+                id: incident_id(&handled.channel_id, &handled.account_id, &handled.incident),
                 at,
-                recovered_at: NOT_RECOVERY,
+                recovered_at: handled.occurred_at.timestamp_micros(),
             });
-            if handled.recovery {
-                let id = incident_id(&handled.channel_id, &handled.account_id, &handled.incident);
-                let recovered_at = handled.occurred_at.timestamp_micros();
-                entries.remember(Entry {
-                    id,
-                    at,
-                    recovered_at,
-                });
+            (seen(delivered_id(&handled.delivery_id)), recovery)
+        });
+        let mut entries = self.entries.lock().expect("ledger lock");
+        entries.remember(read);
+        if let Some((delivered, recovery)) = delivered {
+            entries.remember(delivered);
+            if let Some(recovery) = recovery {
+                entries.remember(recovery);
             }
         }
         entries.forget(horizon.timestamp_micros(), self.capacity);
@@ -282,43 +281,40 @@ impl Ledger {
 
     /// Whether to attempt `record`.
     pub fn verdict(&self, record: &DeliveryRecord) -> Verdict {
-        let entries = self.entries.lock().expect("ledger lock");
         let read = read_id(
             &record.delivery_id,
             record.replayed_at,
             record.attempts.len() as u32,
         );
-        if entries.seen.contains(&read) || entries.seen.contains(&delivered_id(&record.delivery_id))
-        {
-            return Verdict::Repeat;
+        let delivered = delivered_id(&record.delivery_id);
+        let seen = {
+            let entries = self.entries.lock().expect("ledger lock");
+            entries.seen.contains(&read) || entries.seen.contains(&delivered)
+        };
+        if seen {
+            Verdict::Repeat
+        } else if self.overtaken(record) {
+            Verdict::Superseded
+        } else {
+            Verdict::Attempt
         }
-        if !record.event.is_recovery() {
-            let incident = crate::render::pagerduty::dedup_key(&record.event);
-            let key = incident_id(&record.channel_id, &record.account_id, &incident);
-            if entries.recovered.get(&key).is_some_and(|recovered| {
-                *recovered >= record.event.occurred_at().timestamp_micros()
-            }) {
-                return Verdict::Superseded;
-            }
-        }
-        Verdict::Attempt
     }
 
-    /// Whether a recovery of `incident` on the channel, not older than `occurred_at`, has been
-    /// delivered: a problem delivered after it must be resolved again.
-    pub fn recovered_since(
-        &self,
-        account_id: &str,
-        channel_id: &str,
-        incident: &str,
-        occurred_at: DateTime<Utc>,
-    ) -> bool {
-        let key = incident_id(channel_id, account_id, incident);
+    /// Whether `record` is a problem whose incident's recovery, occurred no earlier, has been
+    /// delivered on the same channel: not to be sent, or, if it was sent meanwhile, to be
+    /// resolved again.
+    pub fn overtaken(&self, record: &DeliveryRecord) -> bool {
+        if record.event.is_recovery() {
+            return false;
+        }
+        let incident = crate::render::pagerduty::dedup_key(&record.event);
+        let key = incident_id(&record.channel_id, &record.account_id, &incident);
+        let occurred_at = record.event.occurred_at().timestamp_micros();
         let entries = self.entries.lock().expect("ledger lock");
         entries
             .recovered
             .get(&key)
-            .is_some_and(|recovered| *recovered >= occurred_at.timestamp_micros())
+            .is_some_and(|recovered| *recovered >= occurred_at)
     }
 
     /// Entries held now.

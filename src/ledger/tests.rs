@@ -89,12 +89,9 @@ fn a_problem_after_its_delivered_recovery_is_superseded() {
     );
     let again = record("monitor.down", "e4", "2025-01-15T10:40:00Z", "hook");
     assert_eq!(ledger.verdict(&again), Verdict::Attempt, "down again later");
-    assert!(ledger.recovered_since("acc", "hook", &up_incident(&up), down.event.occurred_at()));
-    assert!(!ledger.recovered_since("acc", "hook", &up_incident(&up), again.event.occurred_at()));
-}
-
-fn up_incident(up: &DeliveryRecord) -> String {
-    crate::render::pagerduty::dedup_key(&up.event)
+    assert!(ledger.overtaken(&down));
+    assert!(!ledger.overtaken(&again));
+    assert!(!ledger.overtaken(&up), "a recovery is never overtaken");
 }
 
 #[test]

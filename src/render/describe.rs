@@ -19,12 +19,7 @@ pub(super) struct Words {
 
 impl Words {
     fn fact(&mut self, label: &str, value: Option<String>) {
-        if let Some(value) = value.filter(|v| !v.trim().is_empty()) {
-            self.facts.push(Fact {
-                label: label.to_owned(),
-                value,
-            });
-        }
+        Fact::push(&mut self.facts, label, value);
     }
 }
 

@@ -21,6 +21,19 @@ pub struct Fact {
     pub value: String,
 }
 
+impl Fact {
+    /// Adds `label: value` to `facts` when there is a value that is not blank (Discord
+    /// refuses blank field values).
+    pub(crate) fn push(facts: &mut Vec<Fact>, label: &str, value: Option<String>) {
+        if let Some(value) = value.filter(|v| !v.trim().is_empty()) {
+            facts.push(Fact {
+                label: label.to_owned(),
+                value,
+            });
+        }
+    }
+}
+
 /// The channel-independent content of one notification. Strings are plain text, unescaped.
 #[derive(Debug, Clone)]
 pub struct Alert<'a> {
@@ -116,12 +129,7 @@ impl<'a> Alert<'a> {
     }
 
     fn fact(&mut self, label: &str, value: Option<String>) {
-        if let Some(value) = value.filter(|v| !v.trim().is_empty()) {
-            self.facts.push(Fact {
-                label: label.to_owned(),
-                value,
-            });
-        }
+        Fact::push(&mut self.facts, label, value);
     }
 
     /// The time as people read it in a message: `2025-01-15 10:30:00 UTC`.

@@ -152,14 +152,7 @@ impl Deliverer {
                 (Next::Dropped, DeliveryOutcome::Dropped)
             }
         };
-        let handled = Handled::of(&record, attempts_before, next);
-        if self
-            .output
-            .write(vec![self.handled_record(&handled)])
-            .await
-            .is_ok()
-        {
-            self.ledger.apply(&handled, Utc::now());
+        if self.record_handled(&record, attempts_before, next).await {
             self.metrics.delivery(&record.channel_type, counted);
             finish(&consumer, &pos);
         }
@@ -201,17 +194,10 @@ impl Deliverer {
             elapsed,
             reached,
         ));
-        let overtaken = || {
-            self.ledger.recovered_since(
-                &record.account_id,
-                &record.channel_id,
-                &pagerduty_key(&record.event),
-                record.event.occurred_at(),
-            )
-        };
-        if matches!(outcome, Outcome::Delivered { .. })
-            && !record.event.is_recovery()
-            && overtaken()
+        let pagerduty = matches!(channel.kind, ChannelKind::PagerDuty { .. });
+        if pagerduty
+            && matches!(outcome, Outcome::Delivered { .. })
+            && self.ledger.overtaken(&record)
         {
             self.resolve_again(&channel, &record).await;
         }
@@ -246,16 +232,9 @@ impl Deliverer {
         if !out.is_empty() && self.output.write(out).await.is_err() {
             return; // stopping and the broker did not take it: not finished, repeated after restart
         }
-        let handled = Handled::of(&record, attempts_before, next);
-        if self
-            .output
-            .write(vec![self.handled_record(&handled)])
-            .await
-            .is_err()
-        {
+        if !self.record_handled(&record, attempts_before, next).await {
             return;
         }
-        self.ledger.apply(&handled, Utc::now());
         self.metrics.delivery(kind, counted);
         let status = outcome.status();
         let ms = elapsed.as_millis() as u64;
@@ -279,10 +258,22 @@ impl Deliverer {
         finish(&consumer, &pos);
     }
 
-    /// The `P.handled` record saying what became of a delivery record.
-    fn handled_record(&self, handled: &Handled) -> OutRecord {
-        let payload = serde_json::to_vec(handled).expect("handled records serialize");
-        OutRecord::new(&self.topics.handled, handled.delivery_id.clone(), payload)
+    /// Writes to `P.handled` what became of `record` (read with `attempts_before` attempts),
+    /// and remembers it here at once; `false` when stopping kept the broker from taking it.
+    async fn record_handled(
+        &self,
+        record: &DeliveryRecord,
+        attempts_before: u32,
+        next: Next,
+    ) -> bool {
+        let handled = Handled::of(record, attempts_before, next);
+        let payload = serde_json::to_vec(&handled).expect("handled records serialize");
+        let out = OutRecord::new(&self.topics.handled, handled.delivery_id.clone(), payload);
+        if self.output.write(vec![out]).await.is_err() {
+            return false;
+        }
+        self.ledger.apply(&handled, Utc::now());
+        true
     }
 
     /// Resolves a PagerDuty problem's incident again: its recovery was delivered while the

@@ -87,28 +87,23 @@ fn settings_examples_validate_and_parse() {
     }
 }
 
+/// Every example of `schema` validates, reads into `T` and writes back the same.
+fn examples_round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    schema: &str,
+    what: &str,
+) {
+    let v = validator(schema);
+    for example in examples(schema) {
+        assert_valid(&v, what, &example);
+        let read: T = serde_json::from_value(example.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), example, "round trip");
+    }
+}
+
 #[test]
 fn delivery_and_dead_letter_examples_validate_and_round_trip() {
-    let v = validator("delivery.schema.json");
-    for example in examples("delivery.schema.json") {
-        assert_valid(&v, "delivery", &example);
-        let record: DeliveryRecord = serde_json::from_value(example.clone()).unwrap();
-        assert_eq!(
-            serde_json::to_value(&record).unwrap(),
-            example,
-            "round trip"
-        );
-    }
-    let v = validator("dead-letter.schema.json");
-    for example in examples("dead-letter.schema.json") {
-        assert_valid(&v, "dead letter", &example);
-        let letter: DeadLetter = serde_json::from_value(example.clone()).unwrap();
-        assert_eq!(
-            serde_json::to_value(&letter).unwrap(),
-            example,
-            "round trip"
-        );
-    }
+    examples_round_trip::<DeliveryRecord>("delivery.schema.json", "delivery");
+    examples_round_trip::<DeadLetter>("dead-letter.schema.json", "dead letter");
 }
 
 #[test]
@@ -121,45 +116,21 @@ fn webhook_body_examples_validate() {
 
 #[test]
 fn verification_marker_examples_validate_and_round_trip() {
-    let v = validator("verification-marker.schema.json");
-    for example in examples("verification-marker.schema.json") {
-        assert_valid(&v, "verification marker", &example);
-        let marker: sysmos_notify::verify::Marker =
-            serde_json::from_value(example.clone()).unwrap();
-        assert_eq!(
-            serde_json::to_value(&marker).unwrap(),
-            example,
-            "round trip"
-        );
-    }
+    examples_round_trip::<sysmos_notify::verify::Marker>(
+        "verification-marker.schema.json",
+        "verification marker",
+    );
 }
 
 #[test]
 fn attempt_report_examples_validate_and_round_trip() {
-    let v = validator("attempt-report.schema.json");
-    for example in examples("attempt-report.schema.json") {
-        assert_valid(&v, "attempt report", &example);
-        let report: sysmos_notify::model::AttemptReport =
-            serde_json::from_value(example.clone()).unwrap();
-        assert_eq!(
-            serde_json::to_value(&report).unwrap(),
-            example,
-            "round trip"
-        );
-    }
+    examples_round_trip::<sysmos_notify::model::AttemptReport>(
+        "attempt-report.schema.json",
+        "attempt report",
+    );
 }
 
 #[test]
 fn handled_examples_validate_and_round_trip() {
-    let v = validator("handled.schema.json");
-    for example in examples("handled.schema.json") {
-        assert_valid(&v, "handled record", &example);
-        let handled: sysmos_notify::ledger::Handled =
-            serde_json::from_value(example.clone()).unwrap();
-        assert_eq!(
-            serde_json::to_value(&handled).unwrap(),
-            example,
-            "round trip"
-        );
-    }
+    examples_round_trip::<sysmos_notify::ledger::Handled>("handled.schema.json", "handled record");
 }
