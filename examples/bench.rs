@@ -112,8 +112,8 @@ fn now_ms() -> i64 {
 #[derive(Default)]
 struct Received {
     count: AtomicU64,
-    /// Produce-to-receipt, ms, for every request that carries `produced_at_ms`.
-    latencies: Mutex<Vec<i64>>,
+    /// (produced at, produce-to-receipt), ms, for every request that carries `produced_at_ms`.
+    latencies: Mutex<Vec<(i64, i64)>>,
 }
 
 /// `"produced_at_ms":123` anywhere in a body (webhooks carry the alert, PagerDuty its
@@ -157,7 +157,7 @@ async fn serve(port: u16, delay: Duration, received: Arc<Received>) {
                     }
                     if let Some(produced) = produced_at(&body) {
                         let latency = now_ms() - produced;
-                        received.latencies.lock().unwrap().push(latency);
+                        received.latencies.lock().unwrap().push((produced, latency));
                     }
                     received.count.fetch_add(1, Ordering::Relaxed);
                     let (status, answer) = if path.starts_with("/api/") {
@@ -266,6 +266,27 @@ fn usage(pid: u32) -> (f64, f64) {
     (ticks / 100.0, hwm_kb / 1024.0)
 }
 
+/// The `n` seconds of production whose requests took longest (max), as `+s: max ms`, so a
+/// steady run shows whether its tail is one stall or spread out.
+fn slowest_seconds(timed: &[(i64, i64)], n: usize) -> String {
+    let Some(first) = timed.iter().map(|(at, _)| *at).min() else {
+        return "none".into();
+    };
+    let mut worst: std::collections::BTreeMap<i64, i64> = Default::default();
+    for (at, latency) in timed {
+        let slot = worst.entry((at - first) / 1000).or_default();
+        *slot = (*slot).max(*latency);
+    }
+    let mut seconds: Vec<(i64, i64)> = worst.into_iter().collect();
+    seconds.sort_by_key(|(_, latency)| std::cmp::Reverse(*latency));
+    let shown: Vec<String> = seconds
+        .iter()
+        .take(n)
+        .map(|(second, latency)| format!("+{second}s: {latency} ms"))
+        .collect();
+    shown.join(", ")
+}
+
 fn percentile(sorted: &[i64], p: usize) -> i64 {
     if sorted.is_empty() {
         return 0;
@@ -301,6 +322,18 @@ async fn wait_received(received: &Received, expected: u64, idle: Duration) -> In
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// (records, entries) the service wrote to `P.handled`: how well its writes were batched.
+fn handled_written(kafka: &sysmos_notify::config::KafkaSettings) -> (usize, usize) {
+    let records = sysmos_notify::ops::read_topic(kafka, "bench.notify.handled").unwrap_or_default();
+    let entries = records
+        .iter()
+        .filter_map(|m| m.payload())
+        .filter_map(|p| serde_json::from_slice::<sysmos_notify::ledger::HandledBatch>(p).ok())
+        .map(|batch| batch.handled.len())
+        .sum();
+    (records.len(), entries)
 }
 
 /// The pipe baseline: N messages consumed from one topic, K copies of each produced to a
@@ -441,6 +474,11 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
     let producer: FutureProducer = sysmos_notify::kafka::client::producer(&kafka)
         .create()
         .unwrap();
+    // The events topic's leader is looked up now, not by the first measured event.
+    producer
+        .client()
+        .fetch_metadata(Some("bench.monitor.alerts"), Duration::from_secs(10))
+        .expect("metadata of the events topic");
     for account in 0..opts.accounts {
         let channels: Vec<_> = (0..opts.channels)
             .map(|k| channel(k, account, &ports))
@@ -500,7 +538,8 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
     let (broker_cpu, broker_mib) = usage(setting.broker.id());
     service.terminate();
     let delivered = received.count.load(Ordering::Relaxed);
-    let mut latencies = std::mem::take(&mut *received.latencies.lock().unwrap());
+    let timed = std::mem::take(&mut *received.latencies.lock().unwrap());
+    let mut latencies: Vec<i64> = timed.iter().map(|(_, latency)| *latency).collect();
     latencies.sort_unstable();
     let deliveries_per_s = delivered as f64 / elapsed;
     println!("\nservice");
@@ -517,6 +556,9 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
         latencies.last().copied().unwrap_or(0),
         latencies.len()
     );
+    if opts.rate > 0 {
+        println!("  slowest seconds:      {}", slowest_seconds(&timed, 3));
+    }
     println!("  peak RSS:             {peak_mib:.1} MiB");
     println!(
         "  CPU:                  {:.2} s, {:.3} s per 1,000 deliveries",
@@ -524,6 +566,8 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
         (cpu_end - cpu_start) * 1000.0 / delivered.max(1) as f64
     );
     println!("  broker so far:        {broker_cpu:.1} CPU s, peak RSS {broker_mib:.0} MiB");
+    let (records, entries) = handled_written(&kafka);
+    println!("  P.handled:            {entries} entries in {records} records");
 
     if opts.baseline {
         let (moved, per_s) = pipe(&kafka, &opts).await;

@@ -455,9 +455,15 @@ fn trace(brokers: &str, missing: &[String]) -> Vec<String> {
     let handled = sysmos_notify::ops::read_topic(&kafka_settings(brokers), "chaos.notify.handled")
         .unwrap_or_default();
     let mut marks: HashMap<&str, Vec<String>> = HashMap::new();
-    for m in &handled {
-        let h: serde_json::Value =
+    let entries = handled.iter().flat_map(|m| {
+        let value: serde_json::Value =
             serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+        match value["handled"].as_array() {
+            Some(batch) => batch.clone(),
+            None => vec![value], // one entry, as versions before batches wrote
+        }
+    });
+    for h in entries {
         if let Some(id) = missing.iter().find(|id| h["delivery_id"] == id.as_str()) {
             marks.entry(id).or_default().push(format!(
                 "{} after {} attempts at {}",

@@ -32,10 +32,11 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Readiness;
 use crate::config::Settings;
 use crate::delivery::Channels;
+use crate::kafka::client;
 use crate::kafka::context::{commit_stored, subscribed, ServiceContext};
 use crate::kafka::producer::Output;
 use crate::kafka::topics::Topics;
-use crate::ledger::Ledger;
+use crate::ledger::{Journal, Ledger};
 use crate::metrics::Metrics;
 use crate::retry::consumer::Deliverer;
 use crate::router::consumer::Router;
@@ -114,14 +115,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     let event_topics: Vec<&str> = kafka.event_topics.iter().map(String::as_str).collect();
     let router_consumer = subscribed(
-        kafka,
-        &kafka.group_id,
+        &client::group_consumer(kafka, &kafka.group_id),
         ServiceContext::new("router", metrics.clone(), readiness.router_joined.clone()),
         &event_topics,
     )?;
     let deliverer_consumer = subscribed(
-        kafka,
-        &format!("{}.deliveries", kafka.group_id),
+        &client::group_consumer(kafka, &format!("{}.deliveries", kafka.group_id)),
         ServiceContext::new(
             "deliverer",
             metrics.clone(),
@@ -130,9 +129,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .with_tiers(&topics.retry),
         &topics.delivery_topics(),
     )?;
+    // Verification emails need no haste: this consumer polls at a background pace.
     let verifier_consumer = subscribed(
-        kafka,
-        &format!("{}.verifications", kafka.group_id),
+        &client::background(client::group_consumer(
+            kafka,
+            &format!("{}.verifications", kafka.group_id),
+        )),
         ServiceContext::new("verifier", metrics.clone(), Arc::default()),
         &[&topics.config],
     )?;
@@ -159,6 +161,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         delays: settings.retry.delays.clone(),
         cache,
         channels,
+        journal: Journal::start(topics.handled.clone(), output.clone(), ledger.clone()),
         ledger,
         in_flight: Default::default(),
         output: output.clone(),

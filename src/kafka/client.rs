@@ -120,6 +120,24 @@ pub fn reader(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
     config
 }
 
+/// The shortest `fetch.wait.max.ms` of a consumer off the alert path, librdkafka's default.
+const BACKGROUND_FETCH_WAIT_MS: u64 = 500;
+
+/// `config` for a consumer off the alert path (the table followers, the verifier): its
+/// `fetch.wait.max.ms` is at least 500. A broker that answers a fetch only when that wait
+/// runs out (Tansu) would otherwise be polled every few milliseconds by consumers whose
+/// records need no such haste, at the expense of the alerts' own fetches (BENCHMARKS.md,
+/// "Polling"); Apache Kafka answers as soon as records arrive, wait or not.
+pub fn background(mut config: ClientConfig) -> ClientConfig {
+    let wait = config
+        .get("fetch.wait.max.ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(BACKGROUND_FETCH_WAIT_MS)
+        .max(BACKGROUND_FETCH_WAIT_MS);
+    config.set("fetch.wait.max.ms", wait.to_string());
+    config
+}
+
 /// The one producer of a process: idempotent, so broker retries cannot duplicate records.
 pub fn producer(settings: &KafkaSettings) -> ClientConfig {
     let mut config = base(settings);
@@ -158,6 +176,11 @@ mod tests {
         let consumer = group_consumer(&settings, "g");
         let producer = producer(&settings);
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("10"));
+        let raised = background(consumer.clone());
+        assert_eq!(raised.get("fetch.wait.max.ms"), Some("500"));
+        let mut patient = consumer.clone();
+        patient.set("fetch.wait.max.ms", "800");
+        assert_eq!(background(patient).get("fetch.wait.max.ms"), Some("800"));
         assert_eq!(consumer.get("linger.ms"), None);
         assert_eq!(producer.get("linger.ms"), Some("30"));
         assert_eq!(producer.get("session.timeout.ms"), None);

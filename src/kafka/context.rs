@@ -195,19 +195,15 @@ impl ConsumerContext for ServiceContext {
 /// A group consumer of this service.
 pub type GroupConsumer = rdkafka::consumer::StreamConsumer<ServiceContext>;
 
-/// A consumer of `group` with `context`, subscribed to `topics`.
+/// A consumer built from `config` with `context`, subscribed to `topics`.
 pub fn subscribed(
-    kafka: &crate::config::KafkaSettings,
-    group: &str,
+    config: &rdkafka::ClientConfig,
     context: ServiceContext,
     topics: &[&str],
 ) -> anyhow::Result<Arc<GroupConsumer>> {
     use rdkafka::config::FromClientConfigAndContext;
     use rdkafka::consumer::Consumer;
-    let consumer = GroupConsumer::from_config_and_context(
-        &super::client::group_consumer(kafka, group),
-        context,
-    )?;
+    let consumer = GroupConsumer::from_config_and_context(config, context)?;
     consumer.subscribe(topics)?;
     Ok(Arc::new(consumer))
 }

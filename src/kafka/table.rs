@@ -29,7 +29,10 @@ pub fn follow(
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, watch::Receiver<bool>)> {
     use rdkafka::config::FromClientConfigAndContext;
     let consumer = StreamConsumer::from_config_and_context(
-        &super::client::reader(kafka, &format!("{}.{role}", kafka.group_id)),
+        &super::client::background(super::client::reader(
+            kafka,
+            &format!("{}.{role}", kafka.group_id),
+        )),
         ServiceContext::new(role, metrics, Default::default()),
     )?;
     let targets = assign_all(&consumer, topic)?;

@@ -1,8 +1,8 @@
 //! What became of recent delivery records, shared by every instance: repeats are not sent
 //! twice, and a problem whose recovery was already delivered is not sent at all.
 //!
-//! Every delivery record a deliverer handles leaves a [`Handled`] record in `P.handled`,
-//! written after the record's outcome (next tier, DLQ) is acknowledged — never with it: a
+//! Every delivery record a deliverer handles leaves a [`Handled`] entry in `P.handled`
+//! (written in batches by the [`Journal`]), written after the record's outcome (next tier, DLQ) is acknowledged — never with it: a
 //! kill between the two writes must not leave a handled mark without the next tier, or the
 //! re-read record would be skipped and lost — and before its offset is stored. Every
 //! instance reads `P.handled` from the beginning at start (readiness waits for it) and
@@ -33,7 +33,17 @@ use tokio::sync::Notify;
 
 use crate::model::DeliveryRecord;
 
-/// The value of a `P.handled` record, keyed by `delivery_id`.
+mod journal;
+pub use journal::Journal;
+
+/// The value of a `P.handled` record: what became of the delivery records handled together,
+/// keyed by the first one's `delivery_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandledBatch {
+    pub handled: Vec<Handled>,
+}
+
+/// What became of one delivery record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Handled {
     pub delivery_id: String,
@@ -233,13 +243,18 @@ impl Ledger {
         }
     }
 
-    /// Applies one record of `P.handled`; records older than the window, or unreadable, are
-    /// skipped (an unreadable one only means a repeat may not be recognised).
+    /// Applies one record of `P.handled`: a batch, or one entry as versions before batches
+    /// wrote. Entries older than the window, or unreadable records, are skipped (an
+    /// unreadable one only means a repeat may not be recognised).
     pub fn apply_bytes(&self, payload: Option<&[u8]>) {
-        match payload.map(serde_json::from_slice::<Handled>) {
-            Some(Ok(handled)) => self.apply(&handled, Utc::now()),
-            Some(Err(error)) => tracing::debug!(%error, "unreadable handled record skipped"),
-            None => {}
+        let Some(payload) = payload else { return };
+        let now = Utc::now();
+        match serde_json::from_slice::<HandledBatch>(payload) {
+            Ok(batch) => batch.handled.iter().for_each(|h| self.apply(h, now)),
+            Err(error) => match serde_json::from_slice::<Handled>(payload) {
+                Ok(handled) => self.apply(&handled, now),
+                Err(_) => tracing::debug!(%error, "unreadable handled record skipped"),
+            },
         }
     }
 

@@ -185,3 +185,32 @@ fn record_of_attempts(record: &DeliveryRecord, n: usize) -> DeliveryRecord {
     }
     r
 }
+
+#[test]
+fn a_batch_and_a_single_entry_are_both_read() {
+    let ledger = ledger();
+    let (a, b, c) = (
+        record("monitor.down", "e1", "2025-01-15T10:30:00Z", "hook"),
+        record("monitor.down", "e2", "2025-01-15T10:30:00Z", "hook"),
+        record("monitor.down", "e3", "2025-01-15T10:30:00Z", "hook"),
+    );
+    let batch = HandledBatch {
+        handled: vec![
+            Handled::of(&a, 0, Next::Delivered),
+            Handled::of(&b, 0, Next::Retry),
+        ],
+    };
+    ledger.apply_bytes(Some(&serde_json::to_vec(&batch).unwrap()));
+    let single = serde_json::to_vec(&Handled::of(&c, 0, Next::Delivered)).unwrap();
+    ledger.apply_bytes(Some(&single));
+    ledger.apply_bytes(Some(b"not json"));
+    ledger.apply_bytes(None);
+    for record in [&a, &b, &c] {
+        assert_eq!(
+            ledger.verdict(record),
+            Verdict::Repeat,
+            "{}",
+            record.event_id
+        );
+    }
+}

@@ -20,7 +20,7 @@ use crate::kafka::context::{finish, next_owned, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::{OutRecord, Output};
 use crate::kafka::topics::Topics;
-use crate::ledger::{Handled, InFlight, Ledger, Next, Verdict};
+use crate::ledger::{Handled, InFlight, Journal, Ledger, Next, Verdict};
 use crate::metrics::{DeliveryOutcome, Metrics};
 use crate::model::{
     Attempt, AttemptOutcome, AttemptReport, Channel, ChannelKind, DeadLetter, DeliveryRecord,
@@ -35,6 +35,8 @@ pub struct Deliverer {
     pub channels: Arc<Channels>,
     /// What became of recent delivery records (`P.handled`): repeats and superseded problems.
     pub ledger: Arc<Ledger>,
+    /// Writes `P.handled`, in batches, and remembers in the ledger what it wrote.
+    pub journal: Journal,
     /// The records being attempted here, so two copies are not sent at once.
     pub in_flight: InFlight,
     pub output: Arc<Output>,
@@ -259,21 +261,16 @@ impl Deliverer {
     }
 
     /// Writes to `P.handled` what became of `record` (read with `attempts_before` attempts),
-    /// and remembers it here at once; `false` when stopping kept the broker from taking it.
+    /// and remembers it here; `false` when stopping kept the broker from taking it.
     async fn record_handled(
         &self,
         record: &DeliveryRecord,
         attempts_before: u32,
         next: Next,
     ) -> bool {
-        let handled = Handled::of(record, attempts_before, next);
-        let payload = serde_json::to_vec(&handled).expect("handled records serialize");
-        let out = OutRecord::new(&self.topics.handled, handled.delivery_id.clone(), payload);
-        if self.output.write(vec![out]).await.is_err() {
-            return false;
-        }
-        self.ledger.apply(&handled, Utc::now());
-        true
+        self.journal
+            .record(Handled::of(record, attempts_before, next))
+            .await
     }
 
     /// Resolves a PagerDuty problem's incident again: its recovery was delivered while the

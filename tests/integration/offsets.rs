@@ -36,7 +36,8 @@ async fn concurrent_finishes_store_the_low_water_mark() {
     .unwrap();
     let joined = Arc::new(AtomicBool::new(false));
     let context = ServiceContext::new("test", Arc::new(Metrics::new()), joined.clone());
-    let consumer = subscribed(&settings.kafka, &group, context, &[&topic]).unwrap();
+    let config = sysmos_notify::kafka::client::group_consumer(&settings.kafka, &group);
+    let consumer = subscribed(&config, context, &[&topic]).unwrap();
     // Rebalance callbacks run while the consumer is polled.
     let polling = consumer.clone();
     let poller = tokio::spawn(async move {

@@ -132,5 +132,8 @@ fn attempt_report_examples_validate_and_round_trip() {
 
 #[test]
 fn handled_examples_validate_and_round_trip() {
-    examples_round_trip::<sysmos_notify::ledger::Handled>("handled.schema.json", "handled record");
+    examples_round_trip::<sysmos_notify::ledger::HandledBatch>(
+        "handled.schema.json",
+        "handled records",
+    );
 }
