@@ -112,6 +112,8 @@ fn now_ms() -> i64 {
 #[derive(Default)]
 struct Received {
     count: AtomicU64,
+    /// Connections the fake providers accepted: how well the service reuses them.
+    connections: AtomicU64,
     /// (produced at, produce-to-receipt), ms, for every request that carries `produced_at_ms`.
     latencies: Mutex<Vec<(i64, i64)>>,
 }
@@ -140,6 +142,7 @@ async fn serve(port: u16, delay: Duration, received: Arc<Received>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        received.connections.fetch_add(1, Ordering::Relaxed);
         let received = received.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -360,13 +363,18 @@ async fn pipe(kafka: &sysmos_notify::config::KafkaSettings, opts: &Options) -> (
             .create()
             .unwrap();
     counter.subscribe(&[sink]).unwrap();
-    let started = Instant::now();
+    // The clock starts at the first message read, once the group is joined, as the
+    // service's starts at `/readyz`: joining a group on Tansu takes seconds, and counting
+    // them would flatter the service at small N.
+    let first_read = Arc::new(std::sync::OnceLock::new());
     let moving = {
         let (producer, copies) = (producer.clone(), opts.channels);
+        let first_read = first_read.clone();
         tokio::spawn(async move {
             let mut moved = 0;
             while moved < expected {
                 let message = reader.recv().await.unwrap();
+                first_read.get_or_init(Instant::now);
                 for k in 0..copies {
                     let key = format!("{k}");
                     let record = FutureRecord::to(sink)
@@ -398,7 +406,9 @@ async fn pipe(kafka: &sysmos_notify::config::KafkaSettings, opts: &Options) -> (
             Err(_) => break,
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = first_read
+        .get()
+        .map_or(0.0, |started: &Instant| started.elapsed().as_secs_f64());
     moving.abort();
     (counted, counted as f64 / elapsed)
 }
@@ -549,6 +559,10 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
         opts.events as f64 * delivered as f64 / expected as f64 / elapsed
     );
     println!("  deliveries/s:         {deliveries_per_s:.0}");
+    println!(
+        "  HTTP connections:     {} for {delivered} requests",
+        received.connections.load(Ordering::Relaxed)
+    );
     println!(
         "  produce→receipt:      p50 {} ms, p99 {} ms, max {} ms ({} webhook and PagerDuty requests)",
         percentile(&latencies, 50),

@@ -111,7 +111,29 @@ fn duration(text: &str) -> Result<Duration, String> {
 /// Exit status for a configuration that was refused (CONTRACT §1).
 const EXIT_BAD_CONFIG: u8 = 2;
 
+/// How glibc malloc serves what librdkafka (C) allocates; Rust's own allocations go to
+/// mimalloc. By default each busy thread gets an arena, and blocks freed at up to 32 MiB raise
+/// the size below which blocks come from arenas instead of their own mapping, so large fetch
+/// buffers stay in fragmented arenas. At most 2 arenas, and blocks of 256 KiB or more mapped on
+/// their own and returned when freed, lowered the peak RSS of a backlog (BENCHMARKS.md,
+/// "Memory"). `MALLOC_ARENA_MAX` or `MALLOC_MMAP_THRESHOLD_` in the environment still win.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (variable, parameter, value) in [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 2),
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 256 * 1024),
+    ] {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: mallopt only sets a glibc tunable; called first, before any thread starts.
+            unsafe {
+                libc::mallopt(parameter, value);
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     let file = match &cli.command {
         Command::CheckConfig { file } => Some(file.as_path()),

@@ -98,8 +98,9 @@ pub fn group_consumer(settings: &KafkaSettings, group_id: &str) -> ClientConfig 
         .set("statistics.interval.ms", "2000")
         // Topics that appear later (a new upstream product) match the regexes within 30s.
         .set("topic.metadata.refresh.interval.ms", "30000")
-        // Prefetch per consumer: 4 MiB keeps a million-event backlog near 150 MiB of RSS for
-        // about 3% of storm throughput; 2 MiB cost 20% (BENCHMARKS.md, "Cost growth").
+        // Prefetch per consumer (librdkafka's default is 64 MiB): with 4 MiB a million-event
+        // backlog peaked at 138 MiB of RSS; 8 or 16 MiB for the deliverer made a storm 40%
+        // faster, and that backlog peak at 155-158 MiB (BENCHMARKS.md, "Memory").
         .set("queued.max.messages.kbytes", "4096");
     passthrough(&mut config, settings, Role::Consumer);
     config
