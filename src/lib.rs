@@ -179,10 +179,30 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     commit_stored(&deliverer_consumer, "deliverer");
     commit_stored(&verifier_consumer, "verifier");
     output.flush(Duration::from_secs(10));
-    drop(router_consumer);
-    drop(deliverer_consumer);
-    drop(verifier_consumer);
+    leave_groups(vec![router_consumer, deliverer_consumer, verifier_consumer]).await;
     let _ = tokio::join!(reader, markers, handled, admin_server);
     tracing::info!("stopped: in-flight work finished and offsets committed");
     Ok(())
+}
+
+/// How long leaving the consumer groups may take at shutdown.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes the consumers, which leaves their groups, on a thread of its own. librdkafka's close
+/// can wait forever inside a rebalance it receives meanwhile (seen once in a chaos run: a
+/// process stuck in `rd_kafka_assign` during close); the offsets are committed by now, so
+/// after [`LEAVE_TIMEOUT`] the process goes on to exit, and the broker drops the members
+/// when their sessions time out.
+async fn leave_groups(consumers: Vec<Arc<kafka::context::GroupConsumer>>) {
+    let (left, leaving) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        drop(consumers);
+        let _ = left.send(());
+    });
+    if tokio::time::timeout(LEAVE_TIMEOUT, leaving).await.is_err() {
+        tracing::warn!(
+            "leaving the consumer groups took longer than {LEAVE_TIMEOUT:?}; exiting anyway \
+             (offsets are committed; the broker drops the members after their session timeout)"
+        );
+    }
 }
