@@ -35,7 +35,7 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use serde_json::json;
 
-use harness::{create_topics, free_port, Instance, Setting};
+use harness::{create_topics, free_port, now_ms, Instance, Setting};
 
 /// Webhooks are spread over this many local ports: each port is a destination of its own,
 /// as distinct customer endpoints are.
@@ -102,10 +102,6 @@ fn options() -> Options {
         o.client.push(("fetch.wait.max.ms".into(), "10".into()));
     }
     o
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// What the fake providers received.

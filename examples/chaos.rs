@@ -25,7 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
-use harness::{create_topics, start_broker, Instance, Setting};
+use harness::{create_topics, now_ms, start_broker, Instance, Setting};
 use receiver::{Receiver, Reply};
 
 /// A small deterministic generator (xorshift64*), so a seed replays the same chaos.
@@ -81,10 +81,6 @@ struct Seen {
     failures: HashMap<String, u32>,
     successes: HashMap<String, u32>,
     delay_ms: HashMap<String, i64>,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]

@@ -33,7 +33,14 @@ impl Journal {
     /// writer ends when the journal is dropped and what was queued is written.
     pub fn start(topic: String, output: Arc<Output>, ledger: Arc<Ledger>) -> Self {
         let (queue, queued) = mpsc::unbounded_channel();
-        tokio::spawn(run(queued, topic, output, ledger));
+        tokio::spawn(run(
+            queued,
+            Destination {
+                topic,
+                output,
+                ledger,
+            },
+        ));
         Self { queue }
     }
 
@@ -53,26 +60,27 @@ impl Journal {
     }
 }
 
-async fn run(
-    mut queued: mpsc::UnboundedReceiver<Waiting>,
+/// Where a batch goes, and the ledger that learns what was written.
+struct Destination {
     topic: String,
     output: Arc<Output>,
     ledger: Arc<Ledger>,
-) {
+}
+
+async fn run(mut queued: mpsc::UnboundedReceiver<Waiting>, to: Destination) {
+    let to = Arc::new(to);
     let writes = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
     let mut carried = None;
     loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => match queued.recv().await {
-                Some(first) => first,
-                None => break,
-            },
+        let next = match carried.take() {
+            Some(first) => Some(first),
+            None => queued.recv().await,
         };
+        let Some(first) = next else { break };
         // Waiting for a free write is what lets a batch fill.
         let permit = writes.clone().acquire_owned().await.expect("never closed");
+        let mut bytes = first.json.len();
         let mut batch = vec![first];
-        let mut bytes = batch[0].json.len();
         while let Ok(next) = queued.try_recv() {
             if bytes + next.json.len() > MAX_BATCH_BYTES {
                 carried = Some(next);
@@ -81,33 +89,22 @@ async fn run(
             bytes += next.json.len() + 1;
             batch.push(next);
         }
-        tokio::spawn(write(
-            batch,
-            topic.clone(),
-            output.clone(),
-            ledger.clone(),
-            permit,
-        ));
+        tokio::spawn(write(batch, to.clone(), permit));
     }
 }
 
-async fn write(
-    batch: Vec<Waiting>,
-    topic: String,
-    output: Arc<Output>,
-    ledger: Arc<Ledger>,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn write(batch: Vec<Waiting>, to: Arc<Destination>, _permit: OwnedSemaphorePermit) {
     let key = batch[0].handled.delivery_id.clone();
     let payload = batch_json(batch.iter().map(|w| w.json.as_slice()));
-    let written = output
-        .write(vec![OutRecord::new(&topic, key, payload)])
+    let written = to
+        .output
+        .write(vec![OutRecord::new(&to.topic, key, payload)])
         .await
         .is_ok();
     let now = chrono::Utc::now();
     for waiting in batch {
         if written {
-            ledger.apply(&waiting.handled, now);
+            to.ledger.apply(&waiting.handled, now);
         }
         let _ = waiting.written.send(written);
     }
