@@ -38,7 +38,7 @@ use crate::kafka::producer::Output;
 use crate::kafka::topics::Topics;
 use crate::ledger::{Journal, Ledger};
 use crate::metrics::Metrics;
-use crate::retry::consumer::Deliverer;
+use crate::retry::consumer::{Deliverer, UNFINISHED_PER_ATTEMPT};
 use crate::router::consumer::Router;
 use crate::settings_cache::SettingsCache;
 use crate::verify::consumer::Verifier;
@@ -115,7 +115,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     let event_topics: Vec<&str> = kafka.event_topics.iter().map(String::as_str).collect();
     let router_consumer = subscribed(
-        &client::group_consumer(kafka, &kafka.group_id),
+        &client::events_consumer(kafka, &kafka.group_id),
         ServiceContext::new("router", metrics.clone(), readiness.router_joined.clone()),
         &event_topics,
     )?;
@@ -167,6 +167,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         output: output.clone(),
         metrics,
         permits: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
+        unfinished: Arc::new(Semaphore::new(
+            settings.delivery.max_in_flight * UNFINISHED_PER_ATTEMPT,
+        )),
     });
     tracing::info!(topics = ?kafka.event_topics, group = %kafka.group_id, "routing events");
     let routing = tokio::spawn(router.run(router_consumer.clone(), shutdown.clone(), drain));

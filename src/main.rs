@@ -11,7 +11,9 @@ use sysmos_notify::ops::{self, dlq, Ops};
 
 /// mimalloc instead of the system allocator: an alert storm allocates and frees small
 /// records at a high rate, and glibc malloc was 15% of the service's CPU in the storm
-/// profile (BENCHMARKS.md).
+/// profile (BENCHMARKS.md). Its 2.x line (the crate's `v2` feature): with 3.x, which the crate
+/// now builds by default, a million-event backlog peaked at 180 MiB instead of 154, at the
+/// same speed (BENCHMARKS.md, "Memory").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -38,6 +38,7 @@ fn defaults_match_the_contract() {
     );
     assert_eq!(s.delivery.timeout, Duration::from_secs(10));
     assert_eq!(s.delivery.max_in_flight, 512);
+    assert_eq!(s.delivery.max_in_flight_per_destination, 256);
     assert!(!s.delivery.allow_private_targets);
     assert_eq!(s.http.listen.to_string(), "0.0.0.0:9464");
     assert_eq!(s.dashboard.base_url, "https://app.sysmos.io");

@@ -85,8 +85,31 @@ fn passthrough(config: &mut ClientConfig, settings: &KafkaSettings, role: Role) 
 }
 
 /// A group consumer whose offsets are stored only by the service, after an outcome is
-/// durable, and committed in the background (at-least-once).
+/// durable, and committed in the background (at-least-once). It prefetches up to 3 MiB.
 pub fn group_consumer(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    group_consumer_prefetching(settings, group_id, DELIVERIES_PREFETCH_KIB)
+}
+
+/// The router's group consumer: as [`group_consumer`], prefetching up to 2 MiB of events.
+pub fn events_consumer(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    group_consumer_prefetching(settings, group_id, EVENTS_PREFETCH_KIB)
+}
+
+/// Prefetch (`queued.max.messages.kbytes`; librdkafka's default is 64 MiB) of the deliverer,
+/// whose queue must not run dry between two fetches in a storm. Against 4 MiB, 3 MiB kept a
+/// storm's speed within the run-to-run spread and took a million-event backlog's peak RSS
+/// from 143-146 MiB to 127 (BENCHMARKS.md, "Memory").
+const DELIVERIES_PREFETCH_KIB: u32 = 3072;
+
+/// Prefetch of the router, which runs ahead of the deliverer in a backlog, so a smaller queue
+/// costs no speed there (BENCHMARKS.md, "Memory").
+const EVENTS_PREFETCH_KIB: u32 = 2048;
+
+fn group_consumer_prefetching(
+    settings: &KafkaSettings,
+    group_id: &str,
+    prefetch_kib: u32,
+) -> ClientConfig {
     let mut config = base(settings);
     config
         .set("group.id", group_id)
@@ -98,10 +121,11 @@ pub fn group_consumer(settings: &KafkaSettings, group_id: &str) -> ClientConfig 
         .set("statistics.interval.ms", "2000")
         // Topics that appear later (a new upstream product) match the regexes within 30s.
         .set("topic.metadata.refresh.interval.ms", "30000")
-        // Prefetch per consumer (librdkafka's default is 64 MiB): with 4 MiB a million-event
-        // backlog peaked at 138 MiB of RSS; 8 or 16 MiB for the deliverer made a storm 40%
-        // faster, and that backlog peak at 155-158 MiB (BENCHMARKS.md, "Memory").
-        .set("queued.max.messages.kbytes", "4096");
+        .set("queued.max.messages.kbytes", prefetch_kib.to_string())
+        // Once the prefetch is full, librdkafka waits this long before fetching the
+        // partition again. Its default of 1000 ms let the deliverer's queue run dry in a
+        // storm: 5,700 deliveries/s instead of 7,300 (BENCHMARKS.md).
+        .set("fetch.queue.backoff.ms", "20");
     passthrough(&mut config, settings, Role::Consumer);
     config
 }
@@ -177,6 +201,18 @@ mod tests {
         let consumer = group_consumer(&settings, "g");
         let producer = producer(&settings);
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("3072"));
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("20"));
+        let events = events_consumer(&settings, "g");
+        assert_eq!(events.get("queued.max.messages.kbytes"), Some("2048"));
+        settings
+            .client
+            .insert("queued.max.messages.kbytes".into(), "65536".into());
+        assert_eq!(
+            events_consumer(&settings, "g").get("queued.max.messages.kbytes"),
+            Some("65536"),
+            "[kafka.client] wins over the prefetch set here"
+        );
         let raised = background(consumer.clone());
         assert_eq!(raised.get("fetch.wait.max.ms"), Some("500"));
         let mut patient = consumer.clone();

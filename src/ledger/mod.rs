@@ -205,7 +205,6 @@ fn incident_id(channel_id: &str, account_id: &str, incident: &str) -> Id {
     ])
 }
 
-#[derive(Default)]
 struct Entries {
     seen: HashSet<Id>,
     /// Incident → `occurred_at` (µs) of its latest delivered recovery.
@@ -239,7 +238,7 @@ impl Ledger {
         Self {
             window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
             capacity: capacity.max(1),
-            entries: Mutex::default(),
+            entries: Mutex::new(Entries::with_capacity(capacity.max(1))),
         }
     }
 
@@ -342,7 +341,22 @@ impl Ledger {
     }
 }
 
+/// Entries are allocated for up to this many at start; beyond, they grow as needed.
+const PREALLOCATED_MAX: usize = 1 << 20;
+
 impl Entries {
+    /// Room for `capacity` entries (and the up to 3 one handled record adds before the oldest
+    /// are forgotten), so a storm does not double the tables mid-way: the copy of the old
+    /// next to the new was the ledger's peak (6 MiB more at the default 200,000).
+    fn with_capacity(capacity: usize) -> Self {
+        let room = capacity.saturating_add(3).min(PREALLOCATED_MAX);
+        Self {
+            seen: HashSet::with_capacity(room),
+            recovered: HashMap::new(),
+            order: VecDeque::with_capacity(room),
+        }
+    }
+
     fn remember(&mut self, entry: Entry) {
         if entry.recovered_at == NOT_RECOVERY {
             if !self.seen.insert(entry.id) {

@@ -214,3 +214,34 @@ fn a_batch_and_a_single_entry_are_both_read() {
         );
     }
 }
+
+#[test]
+fn a_full_ledger_does_not_grow_its_tables() {
+    let capacity = 1000;
+    let ledger = Ledger::new(Duration::from_secs(3600), capacity);
+    let room = |l: &Ledger| {
+        let entries = l.entries.lock().unwrap();
+        (entries.order.capacity(), entries.seen.capacity())
+    };
+    let before = room(&ledger);
+    assert!(
+        before.0 >= capacity + 3 && before.1 >= capacity + 3,
+        "{before:?}"
+    );
+    let now = Utc::now();
+    for i in 0..3 * capacity {
+        let r = record(
+            "monitor.down",
+            &format!("e{i}"),
+            "2025-01-15T10:30:00Z",
+            "hook",
+        );
+        // Delivered: two entries each (the read and the delivery).
+        ledger.apply(&Handled::of(&r, 0, Next::Delivered), now);
+    }
+    assert_eq!(ledger.len(), capacity);
+    let after = room(&ledger);
+    assert_eq!(after.0, before.0, "the order is allocated once, at start");
+    // The set clears its deleted slots at the same size: it never takes more room.
+    assert!(after.1 <= before.1, "{after:?} after {before:?}");
+}

@@ -41,9 +41,20 @@ pub struct Deliverer {
     pub in_flight: InFlight,
     pub output: Arc<Output>,
     pub metrics: Arc<Metrics>,
-    /// `delivery.max_in_flight` attempts at once in this process.
+    /// `delivery.max_in_flight` attempts (requests, SMTP transactions) at once in this process.
     pub permits: Arc<Semaphore>,
+    /// Deliveries read and not yet finished: attempting, or writing where they go next.
+    /// [`UNFINISHED_PER_ATTEMPT`] times `permits`, so the writes, which wait on the broker,
+    /// do not hold attempt slots.
+    pub unfinished: Arc<Semaphore>,
 }
+
+/// Deliveries read and not yet finished, per attempt slot. A delivery holds an attempt slot
+/// only while its request is made; then its outcome and `P.handled` are written and
+/// acknowledged (tens of milliseconds on a busy broker) before its offset is stored. With the
+/// slot held through the writes, a storm was capped at 512 slots over that round trip
+/// (BENCHMARKS.md, "The attempt slot and the writes").
+pub const UNFINISHED_PER_ATTEMPT: usize = 2;
 
 impl Deliverer {
     pub async fn run(
@@ -86,20 +97,24 @@ impl Deliverer {
                     set_paused(&consumer, &pos, false);
                     let permit = tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        permit = this.permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                        permit = this.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
                     };
-                    this.attempt(record, tier, consumer, pos, permit).await;
+                    this.attempt(record, tier, consumer, pos, permit, shutdown).await;
                 });
                 continue;
             }
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                permit = self.permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                permit = self.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
             };
-            tracker.spawn(
-                self.clone()
-                    .attempt(record, tier, consumer.clone(), pos, permit),
-            );
+            tracker.spawn(self.clone().attempt(
+                record,
+                tier,
+                consumer.clone(),
+                pos,
+                permit,
+                shutdown.clone(),
+            ));
         }
         tracker.close();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
@@ -114,8 +129,15 @@ impl Deliverer {
         tier: usize,
         consumer: Arc<GroupConsumer>,
         pos: Position,
-        _permit: OwnedSemaphorePermit,
+        _unfinished: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
     ) {
+        // Taken before the ledger is asked, so its verdict is fresh when the request is made.
+        let slot = tokio::select! {
+            // Not attempted: its offset is not stored, and the partition's next owner reads it.
+            _ = shutdown.cancelled() => return,
+            slot = self.permits.clone().acquire_owned() => slot.expect("semaphore never closed"),
+        };
         // A copy of this record in flight here goes first; this one then asks the ledger.
         let _claim = self.in_flight.claim(&record).await;
         let attempts_before = record.attempts.len() as u32;
@@ -135,7 +157,7 @@ impl Deliverer {
                 return;
             }
             (Verdict::Attempt, Some(channel)) => {
-                self.send(record, tier, channel, consumer, pos).await;
+                self.send(record, tier, channel, consumer, pos, slot).await;
                 return;
             }
             (Verdict::Superseded, channel) => {
@@ -146,11 +168,13 @@ impl Deliverer {
                 if let (Some(channel), true) = (channel, unanswered) {
                     self.resolve_again(&channel, &record).await;
                 }
+                drop(slot);
                 (Next::Superseded, DeliveryOutcome::Superseded)
             }
             (_, None) => {
                 tracing::info!(account = %account, channel = %channel_id, delivery = %id,
                     "channel removed, disabled or without a verified recipient; delivery dropped");
+                drop(slot);
                 (Next::Dropped, DeliveryOutcome::Dropped)
             }
         };
@@ -168,6 +192,7 @@ impl Deliverer {
         channel: Channel,
         consumer: Arc<GroupConsumer>,
         pos: Position,
+        slot: OwnedSemaphorePermit,
     ) {
         let attempts_before = record.attempts.len() as u32;
         let kind = channel.kind.name();
@@ -203,6 +228,8 @@ impl Deliverer {
         {
             self.resolve_again(&channel, &record).await;
         }
+        // The requests are over: the writes below wait on the broker, not on the provider.
+        drop(slot);
         let attempt = record.attempts.len();
         let deferred = skipped == Some("busy");
         let step = next_step(&outcome, tier, &self.delays, Utc::now(), deferred);

@@ -20,7 +20,7 @@ use crate::settings_cache::SettingsCache;
 /// Records (deliveries, rejected copies) that may be awaiting acknowledgement at once: bounds
 /// memory in a storm whatever the fan-out. Counted per record, not per event: an event with
 /// ten channels holds ten delivery records (BENCHMARKS.md, "Cost growth").
-const MAX_PENDING_RECORDS: u32 = 4096;
+const MAX_PENDING_RECORDS: u32 = 2048;
 
 pub struct Router {
     pub topics: Topics,
