@@ -265,6 +265,48 @@ fn usage(pid: u32) -> (f64, f64) {
     (ticks / 100.0, hwm_kb / 1024.0)
 }
 
+/// The machine's CPU time so far, from the first line of `/proc/stat`.
+struct MachineTicks {
+    busy: u64,
+    total: u64,
+}
+
+/// How busy the machine was between two readings.
+struct MachineUse {
+    /// Busy share of all cores, 0 to 1.
+    busy: f64,
+    cores: usize,
+}
+
+fn machine_ticks() -> MachineTicks {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    let total: u64 = ticks.iter().take(8).sum();
+    MachineTicks {
+        busy: total - idle,
+        total,
+    }
+}
+
+impl MachineTicks {
+    fn since(&self, start: &MachineTicks) -> MachineUse {
+        let total = self.total.saturating_sub(start.total).max(1);
+        MachineUse {
+            busy: self.busy.saturating_sub(start.busy) as f64 / total as f64,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
 /// The `n` seconds of production whose requests took longest (max), as `+s: max ms`, so a
 /// steady run shows whether its tail is one stall or spread out.
 fn slowest_seconds(timed: &[(i64, i64)], n: usize) -> String {
@@ -324,15 +366,15 @@ async fn wait_received(received: &Received, expected: u64, idle: Duration) -> In
 }
 
 /// (records, entries) the service wrote to `P.handled`: how well its writes were batched.
-fn handled_written(kafka: &sysmos_notify::config::KafkaSettings) -> (usize, usize) {
-    let records = sysmos_notify::ops::read_topic(kafka, "bench.notify.handled").unwrap_or_default();
+fn handled_written(kafka: &sysmos_notify::config::KafkaSettings) -> anyhow::Result<(usize, usize)> {
+    let records = sysmos_notify::ops::read_topic(kafka, "bench.notify.handled")?;
     let entries = records
         .iter()
         .filter_map(|m| m.payload())
         .filter_map(|p| serde_json::from_slice::<sysmos_notify::ledger::HandledBatch>(p).ok())
         .map(|batch| batch.handled.len())
         .sum();
-    (records.len(), entries)
+    Ok((records.len(), entries))
 }
 
 /// The pipe baseline: N messages consumed from one topic, K copies of each produced to a
@@ -526,6 +568,9 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
     let pid = service.pid().unwrap();
     wait_ready(service.port).await;
     let (cpu_start, _) = usage(pid);
+    let (broker_start, _) = usage(setting.broker.id());
+    let (bench_start, _) = usage(std::process::id());
+    let machine_start = machine_ticks();
     let started = Instant::now();
     println!("[{:>6.1}s] service ready", loading.elapsed().as_secs_f64());
     if opts.rate > 0 {
@@ -542,6 +587,8 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
     let elapsed = (last - started).as_secs_f64();
     let (cpu_end, peak_mib) = usage(pid);
     let (broker_cpu, broker_mib) = usage(setting.broker.id());
+    let (bench_cpu, _) = usage(std::process::id());
+    let machine = machine_ticks().since(&machine_start);
     service.terminate();
     let delivered = received.count.load(Ordering::Relaxed);
     let timed = std::mem::take(&mut *received.latencies.lock().unwrap());
@@ -576,8 +623,21 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
         (cpu_end - cpu_start) * 1000.0 / delivered.max(1) as f64
     );
     println!("  broker so far:        {broker_cpu:.1} CPU s, peak RSS {broker_mib:.0} MiB");
-    let (records, entries) = handled_written(&kafka);
-    println!("  P.handled:            {entries} entries in {records} records");
+    println!(
+        "  machine while it ran: {:.0}% of {} cores busy; CPU s: service {:.1}, broker {:.1}, \
+         bench process (fake receivers, producer) {:.1}",
+        100.0 * machine.busy,
+        machine.cores,
+        cpu_end - cpu_start,
+        broker_cpu - broker_start,
+        bench_cpu - bench_start
+    );
+    match handled_written(&kafka) {
+        Ok((records, entries)) => {
+            println!("  P.handled:            {entries} entries in {records} records")
+        }
+        Err(error) => println!("  P.handled:            not counted: {error:#}"),
+    }
 
     if opts.baseline {
         let (moved, per_s) = pipe(&kafka, &opts).await;
@@ -593,6 +653,9 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
         );
     }
     setting.stop_broker();
+    // The broker's data is gigabytes after a million events; the logs stay for a look.
+    let _ = std::fs::remove_dir_all(&setting.data);
+    println!("\nlogs: {}", setting.work.display());
     if delivered < expected {
         eprintln!("bench: only {delivered} of {expected} deliveries arrived");
         std::process::exit(1);
