@@ -53,7 +53,7 @@ pub struct Deliverer {
 /// only while its request is made; then its outcome and `P.handled` are written and
 /// acknowledged (tens of milliseconds on a busy broker) before its offset is stored. With the
 /// slot held through the writes, a storm was capped at 512 slots over that round trip
-/// (BENCHMARKS.md, "The attempt slot and the writes").
+/// (BENCHMARKS.md, "The fetch back-off and the attempt slot").
 pub const UNFINISHED_PER_ATTEMPT: usize = 2;
 
 impl Deliverer {
