@@ -37,10 +37,18 @@ impl Severity {
 }
 
 /// A validated event. `raw` is the event exactly as received (field order preserved).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "Map<String, Value>", into = "Map<String, Value>")]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "Map<String, Value>")]
 pub struct Event {
     raw: Map<String, Value>,
+}
+
+/// Written as the map it holds, by reference: serde's `into` would clone the whole event for
+/// every delivery record written (BENCHMARKS.md, "What is next").
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
 }
 
 impl Event {
