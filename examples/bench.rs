@@ -371,8 +371,8 @@ fn handled_written(kafka: &sysmos_notify::config::KafkaSettings) -> anyhow::Resu
     let entries = records
         .iter()
         .filter_map(|m| m.payload())
-        .filter_map(|p| serde_json::from_slice::<sysmos_notify::ledger::HandledBatch>(p).ok())
-        .map(|batch| batch.handled.len())
+        .filter_map(|p| sysmos_notify::ledger::entries_of(p).ok())
+        .map(|entries| entries.len())
         .sum();
     Ok((records.len(), entries))
 }

@@ -451,21 +451,18 @@ fn trace(brokers: &str, missing: &[String]) -> Vec<String> {
     let handled = sysmos_notify::ops::read_topic(&kafka_settings(brokers), "chaos.notify.handled")
         .unwrap_or_default();
     let mut marks: HashMap<&str, Vec<String>> = HashMap::new();
-    let entries = handled.iter().flat_map(|m| {
-        let value: serde_json::Value =
-            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
-        match value["handled"].as_array() {
-            Some(batch) => batch.clone(),
-            None => vec![value], // one entry, as versions before batches wrote
-        }
-    });
+    let entries = handled
+        .iter()
+        .filter_map(|m| sysmos_notify::ledger::entries_of(m.payload().unwrap_or_default()).ok())
+        .flatten();
     for h in entries {
-        if let Some(id) = missing.iter().find(|id| h["delivery_id"] == id.as_str()) {
+        if let Some(id) = missing.iter().find(|id| h.delivery_id == id.as_str()) {
+            let next = serde_json::to_value(h.next).unwrap_or_default();
             marks.entry(id).or_default().push(format!(
                 "{} after {} attempts at {}",
-                h["next"].as_str().unwrap_or("?"),
-                h["attempts_before"],
-                h["at"].as_str().unwrap_or("?")
+                next.as_str().unwrap_or("?"),
+                h.attempts_before,
+                h.at.to_rfc3339()
             ));
         }
     }

@@ -43,6 +43,17 @@ pub struct HandledBatch {
     pub handled: Vec<Handled>,
 }
 
+/// The entries of a `P.handled` record's value: a batch, or one entry as versions before
+/// batches wrote. The error is the batch's.
+pub fn entries_of(payload: &[u8]) -> Result<Vec<Handled>, serde_json::Error> {
+    match serde_json::from_slice::<HandledBatch>(payload) {
+        Ok(batch) => Ok(batch.handled),
+        Err(error) => serde_json::from_slice::<Handled>(payload)
+            .map(|one| vec![one])
+            .map_err(|_| error),
+    }
+}
+
 /// What became of one delivery record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Handled {
@@ -235,10 +246,11 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(window: Duration, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
             window: chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX),
-            capacity: capacity.max(1),
-            entries: Mutex::new(Entries::with_capacity(capacity.max(1))),
+            capacity,
+            entries: Mutex::new(Entries::with_capacity(capacity)),
         }
     }
 
@@ -248,12 +260,9 @@ impl Ledger {
     pub fn apply_bytes(&self, payload: Option<&[u8]>) {
         let Some(payload) = payload else { return };
         let now = Utc::now();
-        match serde_json::from_slice::<HandledBatch>(payload) {
-            Ok(batch) => batch.handled.iter().for_each(|h| self.apply(h, now)),
-            Err(error) => match serde_json::from_slice::<Handled>(payload) {
-                Ok(handled) => self.apply(&handled, now),
-                Err(_) => tracing::debug!(%error, "unreadable handled record skipped"),
-            },
+        match entries_of(payload) {
+            Ok(entries) => entries.iter().for_each(|h| self.apply(h, now)),
+            Err(error) => tracing::debug!(%error, "unreadable handled record skipped"),
         }
     }
 

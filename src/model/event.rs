@@ -216,12 +216,6 @@ impl TryFrom<Map<String, Value>> for Event {
     }
 }
 
-impl From<Event> for Map<String, Value> {
-    fn from(event: Event) -> Self {
-        event.raw
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
