@@ -37,6 +37,11 @@ use serde_json::json;
 
 use harness::{create_topics, free_port, now_ms, Instance, Setting};
 
+const USAGE: &str = "usage: scripts/bench [--events N] [--accounts M] [--channels K] [--delay-ms D]
+                     [--rate R] [--partitions P] [--no-baseline]
+                     [--env KEY=VALUE ...] [--client PROPERTY=VALUE ...]
+BENCHMARKS.md says what each option does and what the figures mean.";
+
 /// Webhooks are spread over this many local ports: each port is a destination of its own,
 /// as distinct customer endpoints are.
 const WEBHOOK_PORTS: usize = 8;
@@ -68,6 +73,10 @@ fn options() -> Options {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         if flag == "--no-baseline" {
             o.baseline = false;
             continue;
@@ -379,7 +388,19 @@ fn handled_written(kafka: &sysmos_notify::config::KafkaSettings) -> anyhow::Resu
 
 /// The pipe baseline: N messages consumed from one topic, K copies of each produced to a
 /// second, and those consumed; messages per second moved through the second topic.
-async fn pipe(kafka: &sysmos_notify::config::KafkaSettings, opts: &Options) -> (u64, f64) {
+/// What the pipe cost the machine, from its source loaded to its last message counted.
+struct PipeCost {
+    busy: f64,
+    cores: usize,
+    broker_cpu: f64,
+    pipe_cpu: f64,
+}
+
+async fn pipe(
+    kafka: &sysmos_notify::config::KafkaSettings,
+    opts: &Options,
+    broker_pid: u32,
+) -> (u64, f64, PipeCost) {
     let (source, sink) = ("bench.pipe.in", "bench.pipe.out");
     create_topics(
         &kafka.brokers,
@@ -391,6 +412,9 @@ async fn pipe(kafka: &sysmos_notify::config::KafkaSettings, opts: &Options) -> (
         .create()
         .unwrap();
     produce(&producer, source, opts.events, opts.accounts, 0).await;
+    let (broker_start, _) = usage(broker_pid);
+    let (pipe_start, _) = usage(std::process::id());
+    let machine_start = machine_ticks();
     let expected = opts.events * opts.channels;
     let reader: StreamConsumer = sysmos_notify::kafka::client::group_consumer(kafka, "bench.pipe")
         .create()
@@ -448,7 +472,14 @@ async fn pipe(kafka: &sysmos_notify::config::KafkaSettings, opts: &Options) -> (
         .get()
         .map_or(0.0, |started: &Instant| started.elapsed().as_secs_f64());
     moving.abort();
-    (counted, counted as f64 / elapsed)
+    let machine = machine_ticks().since(&machine_start);
+    let cost = PipeCost {
+        busy: machine.busy,
+        cores: machine.cores,
+        broker_cpu: usage(broker_pid).0 - broker_start,
+        pipe_cpu: usage(std::process::id()).0 - pipe_start,
+    };
+    (counted, counted as f64 / elapsed, cost)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -640,13 +671,20 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
     }
 
     if opts.baseline {
-        let (moved, per_s) = pipe(&kafka, &opts).await;
+        let (moved, per_s, cost) = pipe(&kafka, &opts, setting.broker.id()).await;
         println!(
             "\npipe baseline (consume → produce ×{} → consume, same broker and client settings)",
             opts.channels
         );
         println!("  moved:                {moved} of {expected}");
         println!("  messages/s:           {per_s:.0}");
+        println!(
+            "  machine while it ran: {:.0}% of {} cores busy; CPU s: broker {:.1}, bench process (the pipe) {:.1}",
+            100.0 * cost.busy,
+            cost.cores,
+            cost.broker_cpu,
+            cost.pipe_cpu
+        );
         println!(
             "  service / baseline:   {:.0}%",
             100.0 * deliveries_per_s / per_s

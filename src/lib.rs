@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod hex;
 pub mod kafka;
 pub mod ledger;
 pub mod metrics;

@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use reqwest::header::CONTENT_TYPE;
-use serde_json::Value;
+use serde::Serialize;
 
 use super::http::{excerpt, read_limited};
 use super::outcome::{classify_status, classify_transport, Outcome};
@@ -20,13 +20,24 @@ pub async fn resolve(channels: &Channels, dedup_key: &str, integration_key: &Sec
     post(channels, pagerduty::resolve(dedup_key), integration_key).await
 }
 
-async fn post(channels: &Channels, mut body: Value, integration_key: &Secret) -> Outcome {
-    body["routing_key"] = Value::String(integration_key.expose().to_owned());
+/// A body with the integration key, which the renderer never sees, added last.
+#[derive(Serialize)]
+struct Keyed<'a> {
+    #[serde(flatten)]
+    body: pagerduty::Body<'a>,
+    routing_key: &'a str,
+}
+
+async fn post(channels: &Channels, body: pagerduty::Body<'_>, integration_key: &Secret) -> Outcome {
+    let body = Keyed {
+        body,
+        routing_key: integration_key.expose(),
+    };
     let request = channels
         .http
         .post(&channels.pagerduty_events)
         .header(CONTENT_TYPE, "application/json")
-        .body(serde_json::to_vec(&body).expect("JSON values serialize"));
+        .body(serde_json::to_vec(&body).expect("PagerDuty bodies serialize"));
     match request.send().await {
         Ok(response) => {
             let status = response.status().as_u16();

@@ -23,7 +23,7 @@ pub async fn send(
         .post(format!("{}/chat.postMessage", channels.slack_api))
         .bearer_auth(token.expose())
         .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(serde_json::to_vec(&body).expect("JSON values serialize"));
+        .body(serde_json::to_vec(&body).expect("Slack bodies serialize"));
     match request.send().await {
         Ok(response) => {
             let status = response.status().as_u16();

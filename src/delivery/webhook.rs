@@ -48,7 +48,7 @@ pub async fn send(
         Ok(url) => url,
         Err(outcome) => return outcome,
     };
-    let body = serde_json::to_vec(&record.event.webhook_body()).expect("JSON values serialize");
+    let body = serde_json::to_vec(&record.event.webhook_body()).expect("webhook bodies serialize");
     let timestamp = chrono::Utc::now().timestamp();
     let mut request = channels
         .user_http

@@ -158,8 +158,7 @@ pub fn delivery_id(account_id: &str, event_id: &str, channel_id: &str) -> String
         hash.update(part.as_bytes());
     }
     let digest = hash.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("msg_{hex}")
+    format!("msg_{}", crate::hex::hex(&digest[..16]))
 }
 
 #[cfg(test)]

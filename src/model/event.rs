@@ -1,7 +1,10 @@
 //! Alert events produced upstream (CONTRACT §3): validation into a typed view that keeps
 //! every field of the original JSON, in order, so unknown fields are passed on untouched.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -36,15 +39,18 @@ impl Severity {
     }
 }
 
-/// A validated event. `raw` is the event exactly as received (field order preserved).
+/// A validated event. `raw` is the event exactly as received (field order preserved),
+/// shared: the delivery records of one event, one per channel, hold the same map, so routing
+/// an event to K channels does not copy it K times (BENCHMARKS.md, "Provider bodies written
+/// directly").
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "Map<String, Value>")]
 pub struct Event {
-    raw: Map<String, Value>,
+    raw: Arc<Map<String, Value>>,
 }
 
 /// Written as the map it holds, by reference: serde's `into` would clone the whole event for
-/// every delivery record written (BENCHMARKS.md, "What is next").
+/// every delivery record written (BENCHMARKS.md, "The fetch back-off and the attempt slot").
 impl Serialize for Event {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.raw.serialize(serializer)
@@ -139,20 +145,28 @@ impl Event {
         self.kind().ends_with(".recovered")
     }
 
-    /// The webhook body of the product page: `{"event", "<product>", "alert"}`, nothing else.
-    pub fn webhook_body(&self) -> Value {
-        let mut body = Map::new();
-        body.insert("event".into(), Value::String(self.kind().to_owned()));
-        body.insert(
-            self.product_key().to_owned(),
-            Value::Object(self.product().clone()),
-        );
-        body.insert("alert".into(), Value::Object(self.alert().clone()));
-        Value::Object(body)
+    /// The webhook body of the product page: `{"event", "<product>", "alert"}`, nothing else;
+    /// written from the event by reference.
+    pub fn webhook_body(&self) -> WebhookBody<'_> {
+        WebhookBody(self)
     }
 
     fn str_field(&self, name: &str) -> &str {
         self.raw[name].as_str().expect("validated")
+    }
+}
+
+/// See [`Event::webhook_body`].
+pub struct WebhookBody<'a>(&'a Event);
+
+impl Serialize for WebhookBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let event = self.0;
+        let mut body = serializer.serialize_map(Some(3))?;
+        body.serialize_entry("event", event.kind())?;
+        body.serialize_entry(event.product_key(), event.product())?;
+        body.serialize_entry("alert", event.alert())?;
+        body.end()
     }
 }
 
@@ -212,7 +226,7 @@ impl TryFrom<Map<String, Value>> for Event {
             None | Some(Value::Null) => return Err("missing required field `alert`".into()),
             Some(_) => return Err("field `alert` must be an object".into()),
         }
-        Ok(Event { raw })
+        Ok(Event { raw: Arc::new(raw) })
     }
 }
 
@@ -324,6 +338,9 @@ mod tests {
         v["alert"]["extra"] = json!(true);
         let event = decode(v.clone()).unwrap();
         assert_eq!(serde_json::to_value(&event).unwrap(), v);
-        assert_eq!(event.webhook_body()["alert"]["extra"], json!(true));
+        assert_eq!(
+            serde_json::to_value(event.webhook_body()).unwrap()["alert"]["extra"],
+            json!(true)
+        );
     }
 }

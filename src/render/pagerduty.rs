@@ -2,7 +2,11 @@
 //! `dedup_key` per incident so a recovery resolves exactly what its alert opened.
 //! The routing key is added by the sender; nothing secret is rendered here.
 
-use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+
+use serde::ser::SerializeMap;
+use serde::Serialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::text::cut;
@@ -53,8 +57,7 @@ pub fn dedup_key(event: &Event) -> String {
         return readable;
     }
     let digest = Sha256::digest(readable.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sysmos:{hex}")
+    format!("sysmos:{}", crate::hex::hex(&digest))
 }
 
 fn severity(alert: &Alert<'_>) -> &'static str {
@@ -65,48 +68,105 @@ fn severity(alert: &Alert<'_>) -> &'static str {
     }
 }
 
-/// The Events API v2 body without `routing_key`.
-pub fn event(alert: &Alert<'_>) -> Value {
-    let mut details = Map::new();
-    for (key, value) in alert.event.alert() {
-        let value = match value {
-            Value::String(s) => Value::String(cut(s, DETAIL)),
-            Value::Array(_) | Value::Object(_) => {
-                let text = value.to_string();
-                if text.len() > DETAIL {
-                    Value::String(cut(&text, DETAIL))
-                } else {
-                    value.clone()
+/// An Events API v2 body without `routing_key`, written straight to JSON: no
+/// `serde_json::Value` tree is built for every PagerDuty delivery (BENCHMARKS.md, "Provider
+/// bodies written directly").
+#[derive(Debug, Serialize)]
+pub struct Body<'a> {
+    event_action: &'static str,
+    dedup_key: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<Payload<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    links: Option<[Link<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_url: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Payload<'a> {
+    summary: String,
+    source: String,
+    severity: &'static str,
+    timestamp: String,
+    component: String,
+    group: &'a str,
+    class: &'a str,
+    custom_details: Details<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct Link<'a> {
+    href: &'a str,
+    text: &'static str,
+}
+
+/// The event's alert fields, each string (or nested value, as JSON text) cut at [`DETAIL`].
+#[derive(Debug)]
+struct Details<'a>(&'a Map<String, Value>);
+
+impl Serialize for Details<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            match value {
+                Value::String(s) => map.serialize_entry(key, &cut(s, DETAIL))?,
+                Value::Array(_) | Value::Object(_) => {
+                    let text = value.to_string();
+                    if text.len() > DETAIL {
+                        map.serialize_entry(key, &cut(&text, DETAIL))?
+                    } else {
+                        map.serialize_entry(key, value)?
+                    }
                 }
+                other => map.serialize_entry(key, other)?,
             }
-            other => other.clone(),
-        };
-        details.insert(key.clone(), value);
+        }
+        map.end()
     }
-    let source = alert.target.clone().unwrap_or_else(|| alert.name.clone());
-    json!({
-        "event_action": if alert.recovery { "resolve" } else { "trigger" },
-        "dedup_key": dedup_key(alert.event),
-        "payload": {
-            "summary": cut(&format!("[{}] {}", alert.tag, alert.summary.trim_end_matches('.')), SUMMARY),
-            "source": cut(&source, SUMMARY),
-            "severity": severity(alert),
-            "timestamp": alert.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "component": cut(&alert.name, SUMMARY),
-            "group": alert.event.product_key(),
-            "class": alert.event.kind(),
-            "custom_details": details,
-        },
-        "links": [{"href": alert.link, "text": "View in Sysmos"}],
-        "client": "Sysmos",
-        "client_url": alert.link,
-    })
+}
+
+/// The Events API v2 body without `routing_key`.
+pub fn event<'a>(alert: &'a Alert<'_>) -> Body<'a> {
+    let source = alert.target.as_deref().unwrap_or(&alert.name);
+    Body {
+        event_action: if alert.recovery { "resolve" } else { "trigger" },
+        dedup_key: Cow::Owned(dedup_key(alert.event)),
+        payload: Some(Payload {
+            summary: cut(
+                &format!("[{}] {}", alert.tag, alert.summary.trim_end_matches('.')),
+                SUMMARY,
+            ),
+            source: cut(source, SUMMARY),
+            severity: severity(alert),
+            timestamp: alert.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            component: cut(&alert.name, SUMMARY),
+            group: alert.event.product_key(),
+            class: alert.event.kind(),
+            custom_details: Details(alert.event.alert()),
+        }),
+        links: Some([Link {
+            href: &alert.link,
+            text: "View in Sysmos",
+        }]),
+        client: Some("Sysmos"),
+        client_url: Some(&alert.link),
+    }
 }
 
 /// The Events API v2 body without `routing_key` that resolves the incident `dedup_key`:
 /// sent again when a recovery overtook its alert (see `crate::ledger`).
-pub fn resolve(dedup_key: &str) -> Value {
-    json!({"event_action": "resolve", "dedup_key": dedup_key})
+pub fn resolve(dedup_key: &str) -> Body<'_> {
+    Body {
+        event_action: "resolve",
+        dedup_key: Cow::Borrowed(dedup_key),
+        payload: None,
+        links: None,
+        client: None,
+        client_url: None,
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Slack `chat.postMessage` body: Block Kit (header, summary, fields, a "View in Sysmos"
 //! button, context) with a fallback `text`, within Slack's documented limits.
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::text::{cut, fit, slack as mrkdwn};
 use super::Alert;
@@ -27,16 +27,76 @@ fn icon(alert: &Alert<'_>) -> &'static str {
     }
 }
 
-/// `verbatim`: event text never becomes a link, a channel name or a mention.
-fn mrkdwn_text(text: String) -> Value {
-    json!({"type": "mrkdwn", "text": text, "verbatim": true})
+/// A `chat.postMessage` body, written straight to JSON: no `serde_json::Value` tree is built
+/// and dropped for every Slack delivery (BENCHMARKS.md, "Provider bodies written
+/// directly").
+#[derive(Debug, Serialize)]
+pub struct Message<'a> {
+    channel: &'a str,
+    text: String,
+    blocks: Vec<Block<'a>>,
+    unfurl_links: bool,
+    unfurl_media: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Header {
+        text: Text,
+    },
+    Section {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<Text>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        fields: Vec<Text>,
+    },
+    Actions {
+        elements: [Button<'a>; 1],
+    },
+    Context {
+        elements: [Text; 1],
+    },
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type")]
+enum Text {
+    #[serde(rename = "plain_text")]
+    Plain {
+        text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        emoji: Option<bool>,
+    },
+    /// `verbatim`: event text never becomes a link, a channel name or a mention.
+    #[serde(rename = "mrkdwn")]
+    Mrkdwn { text: String, verbatim: bool },
+}
+
+impl Text {
+    fn mrkdwn(text: String) -> Self {
+        Text::Mrkdwn {
+            text,
+            verbatim: true,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "button")]
+struct Button<'a> {
+    text: Text,
+    url: &'a str,
+    action_id: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    style: Option<&'static str>,
 }
 
 /// The JSON body for `channel`.
-pub fn message(alert: &Alert<'_>, channel: &str) -> Value {
+pub fn message<'a>(alert: &'a Alert<'_>, channel: &'a str) -> Message<'a> {
     let header = cut(&format!("{} {}", icon(alert), alert.title), HEADER);
     let summary = fit(&alert.summary, SECTION, mrkdwn);
-    let fields: Vec<Value> = alert
+    let fields: Vec<Text> = alert
         .facts
         .iter()
         .take(FIELDS)
@@ -45,23 +105,37 @@ pub fn message(alert: &Alert<'_>, channel: &str) -> Value {
             // too (found by fuzzing: a key `<!channel>` would have notified the channel).
             let label = format!("*{}*\n", fit(&f.label.replace('*', ""), 100, mrkdwn));
             let room = FIELD - label.chars().count();
-            mrkdwn_text(label + &fit(&f.value, room, mrkdwn))
+            Text::mrkdwn(label + &fit(&f.value, room, mrkdwn))
         })
         .collect();
     let mut blocks = vec![
-        json!({"type": "header", "text": {"type": "plain_text", "text": header, "emoji": true}}),
-        json!({"type": "section", "text": mrkdwn_text(summary)}),
+        Block::Header {
+            text: Text::Plain {
+                text: header,
+                emoji: Some(true),
+            },
+        },
+        Block::Section {
+            text: Some(Text::mrkdwn(summary)),
+            fields: Vec::new(),
+        },
     ];
     if !fields.is_empty() {
-        blocks.push(json!({"type": "section", "fields": fields}));
+        blocks.push(Block::Section { text: None, fields });
     }
     if alert.link.chars().count() <= URL {
-        let mut button = json!({"type": "button", "text": {"type": "plain_text", "text": "View in Sysmos"},
-            "url": alert.link, "action_id": "view_in_sysmos"});
-        if !alert.recovery && alert.severity == Severity::Critical {
-            button["style"] = json!("danger");
-        }
-        blocks.push(json!({"type": "actions", "elements": [button]}));
+        let danger = !alert.recovery && alert.severity == Severity::Critical;
+        blocks.push(Block::Actions {
+            elements: [Button {
+                text: Text::Plain {
+                    text: "View in Sysmos".into(),
+                    emoji: None,
+                },
+                url: &alert.link,
+                action_id: "view_in_sysmos",
+                style: danger.then_some("danger"),
+            }],
+        });
     }
     let context = format!(
         "{} · {} · {} · Sysmos",
@@ -69,13 +143,18 @@ pub fn message(alert: &Alert<'_>, channel: &str) -> Value {
         alert.severity_label(),
         alert.when()
     );
-    blocks.push(json!({"type": "context", "elements": [
-        mrkdwn_text(fit(&context, SECTION, mrkdwn))]}));
-    json!({
-        "channel": channel,
-        "text": fit(&format!("[{}] {} — {}", alert.tag, alert.title, alert.summary), FALLBACK, mrkdwn),
-        "blocks": blocks,
-        "unfurl_links": false,
-        "unfurl_media": false,
-    })
+    blocks.push(Block::Context {
+        elements: [Text::mrkdwn(fit(&context, SECTION, mrkdwn))],
+    });
+    Message {
+        channel,
+        text: fit(
+            &format!("[{}] {} — {}", alert.tag, alert.title, alert.summary),
+            FALLBACK,
+            mrkdwn,
+        ),
+        blocks,
+        unfurl_links: false,
+        unfurl_media: false,
+    }
 }

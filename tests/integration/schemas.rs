@@ -64,7 +64,11 @@ fn event_examples_validate_parse_and_give_valid_webhook_bodies() {
         assert_valid(&events, "event", &example);
         let event = Event::decode(Some(example.to_string().as_bytes()))
             .unwrap_or_else(|e| panic!("{e}: {example}"));
-        assert_valid(&bodies, "webhook body of an event", &event.webhook_body());
+        assert_valid(
+            &bodies,
+            "webhook body of an event",
+            &serde_json::to_value(event.webhook_body()).unwrap(),
+        );
     }
     // The schema and the decoder refuse the same thing.
     let missing = serde_json::json!({"event": "monitor.down", "event_id": "e", "account_id": "a",

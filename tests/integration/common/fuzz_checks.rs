@@ -13,7 +13,10 @@ pub fn event_decode(data: &[u8]) {
     let _ = (event.kind(), event.event_id(), event.account_id());
     let _ = (event.resource_id(), event.severity(), event.occurred_at());
     let _ = sysmos_notify::render::pagerduty::dedup_key(&event);
-    assert!(event.webhook_body().get("event").is_some());
+    assert!(serde_json::to_value(event.webhook_body())
+        .unwrap()
+        .get("event")
+        .is_some());
     let text = serde_json::to_vec(&event).expect("an event serializes");
     let again = Event::decode(Some(&text)).expect("a decoded event decodes again");
     assert_eq!(again, event);
