@@ -162,9 +162,13 @@ pub struct WebhookBody<'a>(&'a Event);
 impl Serialize for WebhookBody<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let event = self.0;
-        let mut body = serializer.serialize_map(Some(3))?;
+        // An `alert.*` event's product object is its `alert`: written once, as a map would.
+        let product = Some(event.product_key()).filter(|key| *key != "alert");
+        let mut body = serializer.serialize_map(Some(2 + usize::from(product.is_some())))?;
         body.serialize_entry("event", event.kind())?;
-        body.serialize_entry(event.product_key(), event.product())?;
+        if let Some(key) = product {
+            body.serialize_entry(key, event.product())?;
+        }
         body.serialize_entry("alert", event.alert())?;
         body.end()
     }
@@ -341,6 +345,19 @@ mod tests {
         assert_eq!(
             serde_json::to_value(event.webhook_body()).unwrap()["alert"]["extra"],
             json!(true)
+        );
+    }
+
+    #[test]
+    fn a_webhook_body_names_each_key_once() {
+        // `alert.fired`: the product object and the alert are one field.
+        let v = json!({"event": "alert.fired", "event_id": "e", "account_id": "a",
+            "occurred_at": "2025-01-15T10:30:00Z", "alert": {"id": "x", "level": 2}});
+        let event = decode(v).unwrap();
+        let body = serde_json::to_string(&event.webhook_body()).unwrap();
+        assert_eq!(
+            body,
+            r#"{"event":"alert.fired","alert":{"id":"x","level":2}}"#
         );
     }
 }
