@@ -22,13 +22,13 @@ pub async fn resolve(channels: &Channels, dedup_key: &str, integration_key: &Sec
 
 /// A body with the integration key, which the renderer never sees, added last.
 #[derive(Serialize)]
-struct Keyed<'a> {
+struct Keyed<'a, B> {
     #[serde(flatten)]
-    body: pagerduty::Body<'a>,
+    body: B,
     routing_key: &'a str,
 }
 
-async fn post(channels: &Channels, body: pagerduty::Body<'_>, integration_key: &Secret) -> Outcome {
+async fn post(channels: &Channels, body: impl Serialize, integration_key: &Secret) -> Outcome {
     let body = Keyed {
         body,
         routing_key: integration_key.expose(),

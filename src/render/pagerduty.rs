@@ -2,8 +2,6 @@
 //! `dedup_key` per incident so a recovery resolves exactly what its alert opened.
 //! The routing key is added by the sender; nothing secret is rendered here.
 
-use std::borrow::Cow;
-
 use serde::ser::SerializeMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -74,15 +72,18 @@ fn severity(alert: &Alert<'_>) -> &'static str {
 #[derive(Debug, Serialize)]
 pub struct Body<'a> {
     event_action: &'static str,
-    dedup_key: Cow<'a, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<Payload<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    links: Option<[Link<'a>; 1]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_url: Option<&'a str>,
+    dedup_key: String,
+    payload: Payload<'a>,
+    links: [Link<'a>; 1],
+    client: &'static str,
+    client_url: &'a str,
+}
+
+/// An Events API v2 body without `routing_key` that only resolves an incident.
+#[derive(Debug, Serialize)]
+pub struct Resolve<'a> {
+    event_action: &'static str,
+    dedup_key: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,8 +134,8 @@ pub fn event<'a>(alert: &'a Alert<'_>) -> Body<'a> {
     let source = alert.target.as_deref().unwrap_or(&alert.name);
     Body {
         event_action: if alert.recovery { "resolve" } else { "trigger" },
-        dedup_key: Cow::Owned(dedup_key(alert.event)),
-        payload: Some(Payload {
+        dedup_key: dedup_key(alert.event),
+        payload: Payload {
             summary: cut(
                 &format!("[{}] {}", alert.tag, alert.summary.trim_end_matches('.')),
                 SUMMARY,
@@ -146,26 +147,22 @@ pub fn event<'a>(alert: &'a Alert<'_>) -> Body<'a> {
             group: alert.event.product_key(),
             class: alert.event.kind(),
             custom_details: Details(alert.event.alert()),
-        }),
-        links: Some([Link {
+        },
+        links: [Link {
             href: &alert.link,
             text: "View in Sysmos",
-        }]),
-        client: Some("Sysmos"),
-        client_url: Some(&alert.link),
+        }],
+        client: "Sysmos",
+        client_url: &alert.link,
     }
 }
 
 /// The Events API v2 body without `routing_key` that resolves the incident `dedup_key`:
 /// sent again when a recovery overtook its alert (see `crate::ledger`).
-pub fn resolve(dedup_key: &str) -> Body<'_> {
-    Body {
+pub fn resolve(dedup_key: &str) -> Resolve<'_> {
+    Resolve {
         event_action: "resolve",
-        dedup_key: Cow::Borrowed(dedup_key),
-        payload: None,
-        links: None,
-        client: None,
-        client_url: None,
+        dedup_key,
     }
 }
 
