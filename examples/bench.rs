@@ -10,7 +10,8 @@
 //! Options: `--events N` (20000), `--accounts M` (100), `--channels K` (3), `--delay-ms D`
 //! (0), `--rate R` (0: all events are loaded before the service starts, an alert storm; R > 0:
 //! the service runs first and events arrive at R per second), `--partitions P` (4),
-//! `--no-baseline`, `--env KEY=VALUE` (repeatable: service environment, e.g.
+//! `--no-baseline`, `--tls` (the receivers speak TLS and offer HTTP/2, as providers do),
+//! `--env KEY=VALUE` (repeatable: service environment, e.g.
 //! `SYSMOS_NOTIFY__DELIVERY__MAX_IN_FLIGHT=2048`), `--client PROPERTY=VALUE` (repeatable:
 //! librdkafka properties for the service and the baseline alike, e.g. `linger.ms=20`).
 //! Environment: `SYSMOS_BIN`, `SYSMOS_BROKER_SCRIPT`.
@@ -18,6 +19,9 @@
 #[allow(dead_code)]
 #[path = "shared/harness.rs"]
 mod harness;
+#[allow(dead_code)]
+#[path = "../tests/integration/common/tls.rs"]
+mod tls;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +32,6 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -38,7 +41,7 @@ use serde_json::json;
 use harness::{create_topics, free_port, now_ms, Instance, Setting};
 
 const USAGE: &str = "usage: scripts/bench [--events N] [--accounts M] [--channels K] [--delay-ms D]
-                     [--rate R] [--partitions P] [--no-baseline]
+                     [--rate R] [--partitions P] [--no-baseline] [--tls]
                      [--env KEY=VALUE ...] [--client PROPERTY=VALUE ...]
 BENCHMARKS.md says what each option does and what the figures mean.";
 
@@ -54,6 +57,8 @@ struct Options {
     rate: u64,
     partitions: i32,
     baseline: bool,
+    /// Receivers over TLS offering HTTP/2 and HTTP/1.1 (ALPN), trusted by `delivery.ca_file`.
+    tls: bool,
     env: Vec<(String, String)>,
     /// librdkafka properties for the service and the baseline alike (`[kafka.client]`).
     client: Vec<(String, String)>,
@@ -68,6 +73,7 @@ fn options() -> Options {
         rate: 0,
         partitions: 4,
         baseline: true,
+        tls: false,
         env: Vec::new(),
         client: Vec::new(),
     };
@@ -79,6 +85,10 @@ fn options() -> Options {
         }
         if flag == "--no-baseline" {
             o.baseline = false;
+            continue;
+        }
+        if flag == "--tls" {
+            o.tls = true;
             continue;
         }
         let value = args.next().unwrap_or_else(|| panic!("{flag}: a value"));
@@ -119,6 +129,8 @@ struct Received {
     count: AtomicU64,
     /// Connections the fake providers accepted: how well the service reuses them.
     connections: AtomicU64,
+    /// Requests that came over HTTP/2.
+    http2: AtomicU64,
     /// (produced at, produce-to-receipt), ms, for every request that carries `produced_at_ms`.
     latencies: Mutex<Vec<(i64, i64)>>,
 }
@@ -139,7 +151,12 @@ fn produced_at(body: &[u8]) -> Option<i64> {
 
 /// A fake provider on `port`: answers each request after `delay` as Slack, PagerDuty or a
 /// webhook receiver would, and counts it.
-async fn serve(port: u16, delay: Duration, received: Arc<Received>) {
+async fn serve(
+    port: u16,
+    delay: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    received: Arc<Received>,
+) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
@@ -149,10 +166,14 @@ async fn serve(port: u16, delay: Duration, received: Arc<Received>) {
         };
         received.connections.fetch_add(1, Ordering::Relaxed);
         let received = received.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let service = move |req: Request<hyper::body::Incoming>| {
                 let received = received.clone();
                 async move {
+                    if req.version() == hyper::Version::HTTP_2 {
+                        received.http2.fetch_add(1, Ordering::Relaxed);
+                    }
                     let path = req.uri().path().to_owned();
                     let body = req
                         .into_body()
@@ -183,22 +204,20 @@ async fn serve(port: u16, delay: Duration, received: Arc<Received>) {
                             .unwrap(),
                     )
                 }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            };
+            tls::serve(stream, tls.as_ref(), service).await;
         });
     }
 }
 
 /// Channel `k` of an account: webhooks, Slack and PagerDuty in turn (the Slack and PagerDuty
 /// URLs are in the service config).
-fn channel(k: u64, account: u64, ports: &[u16]) -> serde_json::Value {
+fn channel(k: u64, account: u64, ports: &[u16], scheme: &str) -> serde_json::Value {
     match k % 3 {
         0 => {
             let port = ports[((account + k) as usize) % ports.len()];
             json!({"id": format!("hook{k}"), "type": "webhook",
-                   "url": format!("http://127.0.0.1:{port}/hooks/{account}/{k}")})
+                   "url": format!("{scheme}://127.0.0.1:{port}/hooks/{account}/{k}")})
         }
         1 => json!({"id": format!("slack{k}"), "type": "slack",
                     "bot_token": format!("xoxb-bench-{account}"), "channel": "C1"}),
@@ -493,19 +512,24 @@ async fn main() {
     );
     let expected = opts.events * opts.channels;
     println!(
-        "bench: {} events × {} channels = {expected} deliveries, {} accounts, receivers answer after {} ms, {}; broker {brokers}",
+        "bench: {} events × {} channels = {expected} deliveries, {} accounts, receivers answer after {} ms{}, {}; broker {brokers}",
         opts.events,
         opts.channels,
         opts.accounts,
         opts.delay.as_millis(),
+        if opts.tls { " over TLS (h2, http/1.1)" } else { "" },
         if opts.rate == 0 { "all events loaded first (storm)".to_owned() } else { format!("{} events/s while the service runs", opts.rate) },
     );
 
     let received = Arc::new(Received::default());
     let ports: Vec<u16> = (0..WEBHOOK_PORTS).map(|_| free_port()).collect();
-    let provider = free_port();
-    for p in ports.iter().chain([&provider]) {
-        tokio::spawn(serve(*p, opts.delay, received.clone()));
+    // Slack and PagerDuty are hosts of their own, as they are: over HTTP/2 each is one
+    // connection, its streams limited by the fake's 200 (hyper's default).
+    let (slack, pagerduty) = (free_port(), free_port());
+    let acceptor = opts.tls.then(tls::acceptor);
+    let scheme = if opts.tls { "https" } else { "http" };
+    for p in ports.iter().chain([&slack, &pagerduty]) {
+        tokio::spawn(serve(*p, opts.delay, acceptor.clone(), received.clone()));
     }
     let config = work.join("bench.toml");
     std::fs::write(
@@ -522,11 +546,17 @@ partitions = {partitions}
 [delivery]
 timeout = "10s"
 allow_private_targets = true
+ca_file = {ca_file:?}
 [channels.slack]
-api_base_url = "http://127.0.0.1:{provider}/api"
+api_base_url = "{scheme}://127.0.0.1:{slack}/api"
 [channels.pagerduty]
-events_url = "http://127.0.0.1:{provider}/v2/enqueue"
+events_url = "{scheme}://127.0.0.1:{pagerduty}/v2/enqueue"
 "#,
+            ca_file = if opts.tls {
+                tls::ca_file()
+            } else {
+                String::new()
+            },
             partitions = opts.partitions,
             client = opts
                 .client
@@ -560,7 +590,7 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
         .expect("metadata of the events topic");
     for account in 0..opts.accounts {
         let channels: Vec<_> = (0..opts.channels)
-            .map(|k| channel(k, account, &ports))
+            .map(|k| channel(k, account, &ports, scheme))
             .collect();
         let settings =
             json!({"account_id": format!("acc_{account}"), "version": 1, "channels": channels});
@@ -634,8 +664,9 @@ events_url = "http://127.0.0.1:{provider}/v2/enqueue"
     );
     println!("  deliveries/s:         {deliveries_per_s:.0}");
     println!(
-        "  HTTP connections:     {} for {delivered} requests",
-        received.connections.load(Ordering::Relaxed)
+        "  HTTP connections:     {} for {delivered} requests, {} over HTTP/2",
+        received.connections.load(Ordering::Relaxed),
+        received.http2.load(Ordering::Relaxed)
     );
     println!(
         "  produce→receipt:      p50 {} ms, p99 {} ms, max {} ms ({} webhook and PagerDuty requests)",

@@ -11,6 +11,9 @@
 #[allow(dead_code)]
 #[path = "../tests/integration/common/receiver.rs"]
 mod receiver;
+#[allow(dead_code)]
+#[path = "../tests/integration/common/tls.rs"]
+mod tls;
 
 #[allow(dead_code)]
 #[path = "shared/harness.rs"]

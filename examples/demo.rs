@@ -9,6 +9,9 @@ mod receiver;
 #[allow(dead_code)]
 #[path = "../tests/integration/common/smtp.rs"]
 mod smtp;
+#[allow(dead_code)]
+#[path = "../tests/integration/common/tls.rs"]
+mod tls;
 
 use std::time::{Duration, Instant};
 

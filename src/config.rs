@@ -84,6 +84,9 @@ pub struct DeliverySettings {
     pub dedup_window: Duration,
     /// At most this many handled records are remembered; the oldest are forgotten first.
     pub dedup_capacity: usize,
+    /// A PEM file of CA certificates trusted besides the public roots built in (a private CA
+    /// of receivers inside the network); empty: none.
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +253,14 @@ impl Settings {
                      problem could outlive the memory of its recovery"
                 ),
             ));
+        }
+        if !self.delivery.ca_file.is_empty() {
+            crate::delivery::http::roots(&self.delivery.ca_file)
+                .and_then(|roots| {
+                    crate::delivery::http::client(self.delivery.timeout, false, &roots)
+                        .map_err(|e| format!("not usable as trusted roots: {e}"))
+                })
+                .map_err(|e| ConfigError::key("delivery.ca_file", e))?;
         }
         http_url("dashboard.base_url", &self.dashboard.base_url)?;
         http_url(

@@ -64,6 +64,7 @@ impl Settings {
                 "breaker_cooldown": format!("{:?}", self.delivery.breaker_cooldown),
                 "dedup_window": format!("{:?}", self.delivery.dedup_window),
                 "dedup_capacity": self.delivery.dedup_capacity,
+                "ca_file": self.delivery.ca_file,
             },
             "http": {"listen": self.http.listen.to_string()},
             "dashboard": {"base_url": self.dashboard.base_url},

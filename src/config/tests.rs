@@ -158,6 +158,21 @@ fn refusals_name_the_key() {
             &[],
             "delivery.dedup_capacity",
         ),
+        (
+            "[delivery]\nca_file = \"/nonexistent/ca.pem\"\n",
+            &[],
+            "delivery.ca_file",
+        ),
+        (
+            // A PEM file, but of a key: no certificate to trust.
+            concat!(
+                "[delivery]\nca_file = \"",
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/tls/server.key\"\n"
+            ),
+            &[],
+            "delivery.ca_file",
+        ),
     ];
     for (text, vars, key) in cases {
         let err = load(text, vars).expect_err(text).to_string();
@@ -171,6 +186,17 @@ fn refusals_name_the_key() {
         broken.to_string().contains("invalid configuration"),
         "{broken}"
     );
+}
+
+#[test]
+fn a_ca_file_of_certificates_is_accepted() {
+    let text = concat!(
+        "[delivery]\nca_file = \"",
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tls/ca.pem\"\n"
+    );
+    let settings = load(text, &[]).expect("the test CA is a usable root");
+    assert!(settings.delivery.ca_file.ends_with("ca.pem"));
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub async fn send(channels: &Channels, alert: &Alert<'_>, webhook_url: &Secret) 
     let body = discord::message(alert);
     let request = channels
         .user_http
+        .next()
         .post(url)
         .header(CONTENT_TYPE, "application/json")
         .body(serde_json::to_vec(&body).expect("JSON values serialize"));

@@ -1,19 +1,29 @@
 //! The HTTP clients and reading providers' answers within a limit.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::guard::GuardedResolver;
 
-/// A pooled client: no redirects (a 3xx is a failure), a per-request timeout. With `guarded`,
-/// host names resolve only to public addresses (the client for user-supplied URLs).
-pub fn client(timeout: Duration, guarded: bool) -> reqwest::Client {
+/// A pooled client: no redirects (a 3xx is a failure), a per-request timeout, HTTP/2 with
+/// any `https://` endpoint that offers it (ALPN; plain `http://` stays HTTP/1.1), and the
+/// public roots plus `roots` trusted. With `guarded`, host names resolve only to public
+/// addresses (the client for user-supplied URLs). Fails only on a root it cannot use.
+pub fn client(
+    timeout: Duration,
+    guarded: bool,
+    roots: &[reqwest::Certificate],
+) -> reqwest::Result<reqwest::Client> {
     let builder = reqwest::Client::builder();
     let builder = if guarded {
         builder.dns_resolver(Arc::new(GuardedResolver))
     } else {
         builder
     };
+    let builder = roots
+        .iter()
+        .fold(builder, |b, root| b.add_root_certificate(root.clone()));
     builder
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -21,7 +31,62 @@ pub fn client(timeout: Duration, guarded: bool) -> reqwest::Client {
         .user_agent(concat!("sysmos-notify/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
-        .expect("static HTTP client configuration is valid")
+}
+
+/// Requests one HTTP/2 connection carries at once, as this service counts on: RFC 9113
+/// recommends that a server allow at least 100 (its `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Clients that take requests in turn. hyper keeps one HTTP/2 connection per host, and a
+/// server lets a connection carry only so many requests at once: with one client, a host that
+/// offers HTTP/2 would be held to that many requests in flight (200 at 250 ms is 800 per
+/// second), whatever `delivery.max_in_flight_per_destination` allows. With one client per
+/// [`STREAMS_PER_CONNECTION`] of that cap, it is not. Over HTTP/1.1 each request in flight
+/// has a connection of its own either way.
+pub struct Clients {
+    clients: Vec<reqwest::Client>,
+    turn: AtomicUsize,
+}
+
+impl Clients {
+    /// Enough clients for `per_destination` requests in flight to one host, each made by `make`.
+    pub fn new(
+        per_destination: usize,
+        make: impl Fn() -> reqwest::Result<reqwest::Client>,
+    ) -> reqwest::Result<Self> {
+        let count = per_destination.div_ceil(STREAMS_PER_CONNECTION).max(1);
+        Ok(Self {
+            clients: (0..count).map(|_| make()).collect::<Result<_, _>>()?,
+            turn: AtomicUsize::new(0),
+        })
+    }
+
+    /// The client whose turn it is.
+    pub fn next(&self) -> &reqwest::Client {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        &self.clients[turn % self.clients.len()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+/// The certificates of the PEM file `path` (`delivery.ca_file`); an error says what is wrong.
+pub fn roots(path: &str) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{path} is not a PEM file of certificates: {e}"))?;
+    if roots.is_empty() {
+        return Err(format!(
+            "{path} holds no PEM certificate (BEGIN CERTIFICATE)"
+        ));
+    }
+    Ok(roots)
 }
 
 /// Provider answers are small; a larger body is cut here, never buffered whole.
@@ -51,6 +116,27 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    #[test]
+    fn clients_cover_the_destination_cap_and_take_turns() {
+        let make = || client(Duration::from_secs(1), false, &[]);
+        assert_eq!(Clients::new(1, make).unwrap().len(), 1);
+        assert_eq!(Clients::new(100, make).unwrap().len(), 1);
+        assert_eq!(Clients::new(256, make).unwrap().len(), 3);
+        let clients = Clients::new(2048, make).unwrap();
+        assert_eq!(clients.len(), 21);
+        let first: *const reqwest::Client = clients.next();
+        let turns: Vec<*const reqwest::Client> =
+            (0..21).map(|_| clients.next() as *const _).collect();
+        assert_eq!(
+            turns[20], first,
+            "the 22nd request has the first client again"
+        );
+        assert!(
+            turns[..20].iter().all(|c| *c != first),
+            "each other client once first"
+        );
+    }
+
     #[tokio::test]
     async fn an_endless_answer_is_read_only_up_to_the_limit() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -66,7 +152,8 @@ mod tests {
             // An answer that never ends: the service must stop reading, not buffer it.
             while stream.write_all(chunk.as_bytes()).await.is_ok() {}
         });
-        let response = client(Duration::from_secs(30), false)
+        let response = client(Duration::from_secs(30), false, &[])
+            .unwrap()
             .get(format!("http://{address}/"))
             .send()
             .await

@@ -46,10 +46,10 @@ impl From<Outcome> for Sent {
 /// Shared resources of every channel: the HTTP clients, the SMTP pool and the settings.
 pub struct Channels {
     /// For the operator's endpoints (Slack API, PagerDuty Events API).
-    pub http: reqwest::Client,
+    pub http: http::Clients,
     /// For user-supplied URLs (webhooks, Discord): resolves to public addresses only,
     /// unless `delivery.allow_private_targets` is set.
-    pub user_http: reqwest::Client,
+    pub user_http: http::Clients,
     pub mailer: Arc<email::Mailer>,
     pub destinations: breaker::Destinations,
     pub timeout: Duration,
@@ -62,12 +62,22 @@ pub struct Channels {
 
 impl Channels {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let roots = match settings.delivery.ca_file.as_str() {
+            "" => Vec::new(),
+            path => http::roots(path).map_err(|e| anyhow::anyhow!("delivery.ca_file: {e}"))?,
+        };
+        let per_destination = settings.delivery.max_in_flight_per_destination;
         Ok(Self {
-            http: http::client(settings.delivery.timeout, false),
-            user_http: http::client(
-                settings.delivery.timeout,
-                !settings.delivery.allow_private_targets,
-            ),
+            http: http::Clients::new(per_destination, || {
+                http::client(settings.delivery.timeout, false, &roots)
+            })?,
+            user_http: http::Clients::new(per_destination, || {
+                http::client(
+                    settings.delivery.timeout,
+                    !settings.delivery.allow_private_targets,
+                    &roots,
+                )
+            })?,
             mailer: Arc::new(email::Mailer::new(
                 &settings.channels.email,
                 settings.delivery.timeout,

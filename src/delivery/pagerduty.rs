@@ -35,6 +35,7 @@ async fn post(channels: &Channels, body: impl Serialize, integration_key: &Secre
     };
     let request = channels
         .http
+        .next()
         .post(&channels.pagerduty_events)
         .header(CONTENT_TYPE, "application/json")
         .body(serde_json::to_vec(&body).expect("PagerDuty bodies serialize"));

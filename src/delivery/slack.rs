@@ -20,6 +20,7 @@ pub async fn send(
     let body = slack::message(alert, channel);
     let request = channels
         .http
+        .next()
         .post(format!("{}/chat.postMessage", channels.slack_api))
         .bearer_auth(token.expose())
         .header(CONTENT_TYPE, "application/json; charset=utf-8")

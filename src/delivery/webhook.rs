@@ -52,6 +52,7 @@ pub async fn send(
     let timestamp = chrono::Utc::now().timestamp();
     let mut request = channels
         .user_http
+        .next()
         .post(url)
         .header(CONTENT_TYPE, "application/json")
         .header("webhook-id", &record.delivery_id)

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::common::receiver::{Receiver, Recorded, Reply};
 use crate::common::scenario::*;
+use crate::common::tls;
 use crate::common::{Service, Setup};
 
 /// A setup whose Slack API and PagerDuty Events API are `provider`.
@@ -328,4 +329,57 @@ async fn pagerduty_triggers_then_resolves_one_incident_and_each_error_class() {
     let flaky = pd.requests_with(flaky_key);
     assert_eq!(flaky.len(), 3, "500 and 429 are retried, then accepted");
     assert_eq!(flaky[0].json()["dedup_key"], flaky[2].json()["dedup_key"]);
+}
+
+/// HTTP/2 where the provider offers it (issue 6): over TLS the service and a provider agree on
+/// h2 by ALPN, for the operator's providers and user-supplied webhooks alike, with a private
+/// CA trusted through `delivery.ca_file`. A plain `http://` endpoint stays on HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_offering_http2_over_tls_get_it() {
+    let secure = Receiver::start_tls().await;
+    secure.respond_when(
+        "/api/",
+        vec![],
+        Reply::json(200, json!({"ok": true, "ts": "1.1"})),
+    );
+    secure.respond_when(
+        "/v2/",
+        vec![],
+        Reply::json(
+            202,
+            json!({"status": "success", "message": "Event processed"}),
+        ),
+    );
+    let plain = Receiver::start().await;
+    let mut setup = setup_with("http2", &secure).await;
+    setup.delivery = format!("ca_file = {:?}", tls::ca_file());
+    setup.write_config();
+    let service = running(
+        &setup,
+        vec![
+            hook("secure", &secure.url),
+            hook("plain", &plain.url),
+            json!({"id": "slack", "type": "slack", "bot_token": "xoxb-h2-token", "channel": "C_OK"}),
+            json!({"id": "pd", "type": "pagerduty", "integration_key": "0123456789abcdef0123456789abcdef"}),
+        ],
+    )
+    .await;
+    setup.send_event(&seed_event("evt_h2", "acc")).await;
+    let secure_requests = requests_with(&secure, "", 3).await;
+    let plain_requests = requests_with(&plain, "", 1).await;
+    let delivered = "sysmos_notify_deliveries_total{channel=\"webhook\",outcome=\"delivered\"}";
+    metric_reaches(&service, delivered, 2.0).await;
+
+    let mut paths: Vec<&str> = secure_requests.iter().map(|r| r.path.as_str()).collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/api/chat.postMessage", "/hook", "/v2/enqueue"]);
+    for request in &secure_requests {
+        assert_eq!(request.version, hyper::Version::HTTP_2, "{}", request.path);
+    }
+    assert_eq!(plain_requests[0].version, hyper::Version::HTTP_11);
+    assert_eq!(
+        secure.requests_with("/hook")[0].json(),
+        plain_requests[0].json(),
+        "the webhook body is the same over HTTP/2"
+    );
 }

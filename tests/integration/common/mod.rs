@@ -8,6 +8,7 @@ pub mod limits;
 pub mod receiver;
 pub mod scenario;
 pub mod smtp;
+pub mod tls;
 
 use std::io::Write;
 use std::net::TcpListener;

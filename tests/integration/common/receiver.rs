@@ -9,11 +9,14 @@ use std::time::Instant;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+
+use super::tls;
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub at: Instant,
+    /// HTTP/1.1, or HTTP/2 when a TLS receiver's client chose it.
+    pub version: hyper::Version,
     pub method: String,
     pub path: String,
     pub headers: HashMap<String, String>,
@@ -119,8 +122,19 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on a free port, answering 200 until told otherwise.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// As [`Receiver::start`], over TLS with the test CA's certificate (`https://`), offering
+    /// HTTP/2 and HTTP/1.1.
+    pub async fn start_tls() -> Self {
+        Self::start_with(Some(tls::acceptor())).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", listener.local_addr().unwrap());
         let url = format!("{base}/hook");
         let state = Arc::new(Mutex::new(State {
             requests: Vec::new(),
@@ -139,52 +153,56 @@ impl Receiver {
                     continue;
                 };
                 let state = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let state = state.clone();
-                            async move {
-                                let method = req.method().to_string();
-                                let path = req.uri().to_string();
-                                let headers = req
-                                    .headers()
-                                    .iter()
-                                    .map(|(k, v)| {
-                                        (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
-                                    })
-                                    .collect();
-                                let body = req
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes().to_vec())
-                                    .unwrap_or_default();
-                                let (reply, delay) = {
-                                    let mut s = state.lock().unwrap();
-                                    let recorded = Recorded {
-                                        at: Instant::now(),
-                                        method,
-                                        path,
-                                        headers,
-                                        body,
-                                    };
-                                    let reply = s.reply(&recorded);
-                                    s.requests.push(recorded);
-                                    (reply, s.delay)
+                    let service = move |req: Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let version = req.version();
+                            // Over HTTP/2 the URI carries the scheme and authority too.
+                            let path = req
+                                .uri()
+                                .path_and_query()
+                                .map_or_else(|| "/".to_owned(), ToString::to_string);
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                })
+                                .collect();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            let (reply, delay) = {
+                                let mut s = state.lock().unwrap();
+                                let recorded = Recorded {
+                                    at: Instant::now(),
+                                    version,
+                                    method,
+                                    path,
+                                    headers,
+                                    body,
                                 };
-                                tokio::time::sleep(delay + reply.after).await;
-                                let mut response = Response::builder().status(reply.status);
-                                for (name, value) in reply.headers {
-                                    response = response.header(name, value);
-                                }
-                                Ok::<_, Infallible>(
-                                    response.body(Full::new(Bytes::from(reply.body))).unwrap(),
-                                )
+                                let reply = s.reply(&recorded);
+                                s.requests.push(recorded);
+                                (reply, s.delay)
+                            };
+                            tokio::time::sleep(delay + reply.after).await;
+                            let mut response = Response::builder().status(reply.status);
+                            for (name, value) in reply.headers {
+                                response = response.header(name, value);
                             }
-                        });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                            Ok::<_, Infallible>(
+                                response.body(Full::new(Bytes::from(reply.body))).unwrap(),
+                            )
+                        }
+                    };
+                    tls::serve(stream, tls.as_ref(), service).await;
                 });
             }
         });
