@@ -38,7 +38,7 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use serde_json::json;
 
-use harness::{create_topics, free_port, now_ms, Instance, Setting};
+use harness::{create_topics, now_ms, Instance, Setting};
 
 const USAGE: &str = "usage: scripts/bench [--events N] [--accounts M] [--channels K] [--delay-ms D]
                      [--rate R] [--partitions P] [--no-baseline] [--tls]
@@ -149,17 +149,16 @@ fn produced_at(body: &[u8]) -> Option<i64> {
     digits.parse().ok()
 }
 
-/// A fake provider on `port`: answers each request after `delay` as Slack, PagerDuty or a
-/// webhook receiver would, and counts it.
+/// A fake provider on `listener`: answers each request after `delay` as Slack, PagerDuty or
+/// a webhook receiver would, and counts it.
 async fn serve(
-    port: u16,
+    listener: std::net::TcpListener,
     delay: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
     received: Arc<Received>,
 ) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -522,14 +521,27 @@ async fn main() {
     );
 
     let received = Arc::new(Received::default());
-    let ports: Vec<u16> = (0..WEBHOOK_PORTS).map(|_| free_port()).collect();
+    // Bound here, before any is served: a port picked and released could be picked twice.
+    let listeners: Vec<std::net::TcpListener> = (0..WEBHOOK_PORTS + 2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
     // Slack and PagerDuty are hosts of their own, as they are: over HTTP/2 each is one
-    // connection, its streams limited by the fake's 200 (hyper's default).
-    let (slack, pagerduty) = (free_port(), free_port());
+    // connection per client, its streams limited by the fake's 200 (hyper's default).
+    let (slack, pagerduty) = (ports[WEBHOOK_PORTS], ports[WEBHOOK_PORTS + 1]);
+    ports.truncate(WEBHOOK_PORTS);
     let acceptor = opts.tls.then(tls::acceptor);
     let scheme = if opts.tls { "https" } else { "http" };
-    for p in ports.iter().chain([&slack, &pagerduty]) {
-        tokio::spawn(serve(*p, opts.delay, acceptor.clone(), received.clone()));
+    for listener in listeners {
+        tokio::spawn(serve(
+            listener,
+            opts.delay,
+            acceptor.clone(),
+            received.clone(),
+        ));
     }
     let config = work.join("bench.toml");
     std::fs::write(
