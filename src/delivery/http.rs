@@ -67,12 +67,9 @@ impl Clients {
         &self.clients[turn % self.clients.len()]
     }
 
-    pub fn len(&self) -> usize {
+    /// How many clients take turns.
+    pub fn count(&self) -> usize {
         self.clients.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.clients.is_empty()
     }
 }
 
@@ -119,11 +116,11 @@ mod tests {
     #[test]
     fn clients_cover_the_destination_cap_and_take_turns() {
         let make = || client(Duration::from_secs(1), false, &[]);
-        assert_eq!(Clients::new(1, make).unwrap().len(), 1);
-        assert_eq!(Clients::new(100, make).unwrap().len(), 1);
-        assert_eq!(Clients::new(256, make).unwrap().len(), 3);
+        assert_eq!(Clients::new(1, make).unwrap().count(), 1);
+        assert_eq!(Clients::new(100, make).unwrap().count(), 1);
+        assert_eq!(Clients::new(256, make).unwrap().count(), 3);
         let clients = Clients::new(2048, make).unwrap();
-        assert_eq!(clients.len(), 21);
+        assert_eq!(clients.count(), 21);
         let first: *const reqwest::Client = clients.next();
         let turns: Vec<*const reqwest::Client> =
             (0..21).map(|_| clients.next() as *const _).collect();
