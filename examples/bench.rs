@@ -393,7 +393,7 @@ async fn wait_received(received: &Received, expected: u64, idle: Duration) -> In
 }
 
 /// (records, entries) the service wrote to `P.handled`: how well its writes were batched.
-fn handled_written(kafka: &sysmos_notify::config::KafkaSettings) -> anyhow::Result<(usize, usize)> {
+fn handled_written(kafka: &sysmos_notify::config::KafkaConfig) -> anyhow::Result<(usize, usize)> {
     let records = sysmos_notify::ops::read_topic(kafka, "bench.notify.handled")?;
     let entries = records
         .iter()
@@ -415,7 +415,7 @@ struct PipeCost {
 }
 
 async fn pipe(
-    kafka: &sysmos_notify::config::KafkaSettings,
+    kafka: &sysmos_notify::config::KafkaConfig,
     opts: &Options,
     broker_pid: u32,
 ) -> (u64, f64, PipeCost) {
@@ -589,7 +589,7 @@ events_url = "{scheme}://127.0.0.1:{pagerduty}/v2/enqueue"
     )
     .await;
     // The service's own Kafka settings, for the producer here and the baseline.
-    let kafka = sysmos_notify::config::Settings::load_with_env(Some(&config), std::iter::empty())
+    let kafka = sysmos_notify::config::Config::load_with_env(Some(&config), std::iter::empty())
         .unwrap()
         .kafka;
     let producer: FutureProducer = sysmos_notify::kafka::client::producer(&kafka)

@@ -400,12 +400,12 @@ allow_private_targets = true
 }
 
 /// The service's Kafka settings for reading the run's topics.
-fn kafka_settings(brokers: &str) -> sysmos_notify::config::KafkaSettings {
+fn kafka_settings(brokers: &str) -> sysmos_notify::config::KafkaConfig {
     let env = [(
         "SYSMOS_NOTIFY__KAFKA__BROKERS".to_owned(),
         brokers.to_owned(),
     )];
-    sysmos_notify::config::Settings::load_with_env(None, env)
+    sysmos_notify::config::Config::load_with_env(None, env)
         .expect("valid settings")
         .kafka
 }

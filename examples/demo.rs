@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use sysmos_notify::config::Settings;
+use sysmos_notify::config::Config;
 use tokio_util::sync::CancellationToken;
 
 use receiver::{Receiver, Recorded, Reply};
@@ -122,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
         ("SYSMOS_NOTIFY__CHANNELS__EMAIL__SMTP_URL", mail.url()),
     ];
     let settings =
-        Settings::load_with_env(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
+        Config::load_with_env(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
     let prefix = settings.kafka.topic_prefix.clone();
     println!(
         "sysmos-notify demo: broker {brokers}, fake providers {base}, SMTP {}, metrics http://{listen}/metrics\n",

@@ -2,10 +2,15 @@
 //! environment variables, then validation that names the offending key (CONTRACT §1).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lettre::message::Mailbox;
+use lettre::transport::smtp::AsyncSmtpTransportBuilder;
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use reqwest::Url;
 use serde::{Deserialize, Deserializer};
 
 const DEFAULTS: &str = include_str!("defaults.toml");
@@ -33,18 +38,18 @@ impl ConfigError {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub kafka: KafkaSettings,
-    pub retry: RetrySettings,
-    pub delivery: DeliverySettings,
-    pub http: HttpSettings,
-    pub dashboard: DashboardSettings,
-    pub channels: ChannelSettings,
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub retry: RetryConfig,
+    pub delivery: DeliveryConfig,
+    pub http: HttpConfig,
+    pub dashboard: DashboardConfig,
+    pub channels: ChannelsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaSettings {
+pub struct KafkaConfig {
     pub brokers: String,
     pub group_id: String,
     pub event_topics: Vec<String>,
@@ -57,14 +62,14 @@ pub struct KafkaSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RetrySettings {
+pub struct RetryConfig {
     #[serde(deserialize_with = "durations")]
     pub delays: Vec<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeliverySettings {
+pub struct DeliveryConfig {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub max_in_flight: usize,
@@ -85,56 +90,140 @@ pub struct DeliverySettings {
     /// At most this many handled records are remembered; the oldest are forgotten first.
     pub dedup_capacity: usize,
     /// A PEM file of CA certificates trusted besides the public roots built in (a private CA
-    /// of receivers inside the network); empty: none.
-    pub ca_file: String,
+    /// of receivers inside the network), read when the configuration is loaded.
+    #[serde(default)]
+    pub ca_file: Option<CaFile>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HttpSettings {
+pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DashboardSettings {
-    pub base_url: String,
+pub struct DashboardConfig {
+    #[serde(deserialize_with = "http_url")]
+    pub base_url: Url,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChannelSettings {
-    pub slack: SlackSettings,
-    pub pagerduty: PagerDutySettings,
-    pub email: EmailSettings,
+pub struct ChannelsConfig {
+    pub slack: SlackConfig,
+    pub pagerduty: PagerDutyConfig,
+    pub email: EmailConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SlackSettings {
-    pub api_base_url: String,
+pub struct SlackConfig {
+    #[serde(deserialize_with = "http_url")]
+    pub api_base_url: Url,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PagerDutySettings {
-    pub events_url: String,
+pub struct PagerDutyConfig {
+    #[serde(deserialize_with = "http_url")]
+    pub events_url: Url,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EmailSettings {
-    pub smtp_url: String,
-    pub from: String,
+pub struct EmailConfig {
+    pub smtp_url: SmtpUrl,
+    #[serde(deserialize_with = "mailbox")]
+    pub from: Mailbox,
 }
 
-impl Settings {
+/// `channels.email.smtp_url`, checked to be a URL lettre can use. Never shown whole: it may
+/// hold the SMTP password.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SmtpUrl(String);
+
+impl SmtpUrl {
+    /// The pooled transport's builder for this URL.
+    pub fn transport(&self) -> AsyncSmtpTransportBuilder {
+        AsyncSmtpTransport::<Tokio1Executor>::from_url(&self.0)
+            .expect("checked when the configuration was loaded")
+    }
+
+    /// The URL with its password, if any, masked.
+    pub fn masked(&self) -> String {
+        let mut url = Url::parse(&self.0).expect("checked when the configuration was loaded");
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        url.to_string()
+    }
+}
+
+impl TryFrom<String> for SmtpUrl {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        // Never the URL in the error: it may hold the SMTP password.
+        let url = Url::parse(&raw).map_err(|e| e.to_string())?;
+        if !matches!(url.scheme(), "smtp" | "smtps") {
+            return Err("scheme must be smtp:// or smtps://".to_owned());
+        }
+        AsyncSmtpTransport::<Tokio1Executor>::from_url(&raw).map_err(|e| e.to_string())?;
+        Ok(Self(raw))
+    }
+}
+
+impl fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// `delivery.ca_file`: its path and the certificates read from it when loading.
+#[derive(Clone)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub certificates: Vec<reqwest::Certificate>,
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({} certificates)",
+            self.path.display(),
+            self.certificates.len()
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for CaFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let path = PathBuf::deserialize(d)?;
+        let shown = path.display();
+        let pem = std::fs::read(&path)
+            .map_err(|e| serde::de::Error::custom(format!("cannot read {shown}: {e}")))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            serde::de::Error::custom(format!("{shown} is not a PEM file of certificates: {e}"))
+        })?;
+        if certificates.is_empty() {
+            return Err(serde::de::Error::custom(format!(
+                "{shown} holds no PEM certificate (BEGIN CERTIFICATE)"
+            )));
+        }
+        Ok(Self { path, certificates })
+    }
+}
+
+impl Config {
     /// Defaults, then `file` when given, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_with_env(file, std::env::vars())
     }
 
-    /// As [`Settings::load`], with the environment given explicitly (tests).
+    /// As [`Config::load`], with the environment given explicitly (tests).
     pub fn load_with_env(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -169,12 +258,12 @@ impl Settings {
                 .source(Some(env)),
         );
         let merged = builder.build().map_err(|e| ConfigError(e.to_string()))?;
-        let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::key(&path, e.into_inner())
         })?;
-        settings.validate()?;
-        Ok(settings)
+        config.validate()?;
+        Ok(config)
     }
 
     /// Checks what types alone cannot: ranges, syntax of URLs, regexes and addresses.
@@ -254,47 +343,12 @@ impl Settings {
                 ),
             ));
         }
-        if !self.delivery.ca_file.is_empty() {
-            crate::delivery::http::roots(&self.delivery.ca_file)
-                .and_then(|roots| {
-                    crate::delivery::http::client(self.delivery.timeout, false, &roots)
-                        .map_err(|e| format!("not usable as trusted roots: {e}"))
-                })
-                .map_err(|e| ConfigError::key("delivery.ca_file", e))?;
-        }
-        http_url("dashboard.base_url", &self.dashboard.base_url)?;
-        http_url(
-            "channels.slack.api_base_url",
-            &self.channels.slack.api_base_url,
-        )?;
-        http_url(
-            "channels.pagerduty.events_url",
-            &self.channels.pagerduty.events_url,
-        )?;
-        let smtp = reqwest::Url::parse(&self.channels.email.smtp_url)
-            .map_err(|e| ConfigError::key("channels.email.smtp_url", e))?;
-        if !matches!(smtp.scheme(), "smtp" | "smtps") {
-            return Err(ConfigError::key(
-                "channels.email.smtp_url",
-                "scheme must be smtp:// or smtps://",
-            ));
-        }
-        if let Err(e) = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(
-            &self.channels.email.smtp_url,
-        ) {
-            return Err(ConfigError::key("channels.email.smtp_url", e));
-        }
-        self.channels
-            .email
-            .from
-            .parse::<lettre::message::Mailbox>()
-            .map_err(|e| ConfigError::key("channels.email.from", format!("not a mailbox: {e}")))?;
         Ok(())
     }
 
     /// The dashboard URL without a trailing slash, ready for `/monitors/{id}`.
     pub fn dashboard_base(&self) -> &str {
-        self.dashboard.base_url.trim_end_matches('/')
+        self.dashboard.base_url.as_str().trim_end_matches('/')
     }
 }
 
@@ -320,38 +374,25 @@ fn topic_name(key: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
-    let url = reqwest::Url::parse(value).map_err(|e| ConfigError::key(key, e))?;
+fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<Url, D::Error> {
+    let url = Url::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::key(key, "must be an http:// or https:// URL"));
+        return Err(serde::de::Error::custom(
+            "must be an http:// or https:// URL",
+        ));
     }
-    Ok(())
+    Ok(url)
 }
 
-/// Parses `"500ms"`, `"15s"`, `"1m"`, `"2h"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit; write e.g. \"15s\", \"1m\" or \"500ms\""))?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
+fn mailbox<'de, D: Deserializer<'de>>(d: D) -> Result<Mailbox, D::Error> {
+    String::deserialize(d)?
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration like \"15s\", \"1m\" or \"500ms\""))?;
-    let millis = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => {
-            return Err(format!(
-                "`{text}` has unknown unit `{unit}` (use ms, s, m or h)"
-            ))
-        }
-    };
-    millis
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too large"))
+        .map_err(|e| serde::de::Error::custom(format!("not a mailbox: {e}")))
+}
+
+/// Parses `"500ms"`, `"15s"`, `"1m"`, `"2h"` (and humantime's other forms, `"1h 30m"`).
+pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text.trim())
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

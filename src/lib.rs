@@ -3,20 +3,39 @@
 //! delivery, retry and dead-letter topics.
 //!
 //! `run` is the whole service; `main.rs` only parses arguments and calls it.
+//!
+//! # Layout
+//!
+//! In the order data flows:
+//!
+//! - `config`: the configuration, parsed and checked once at start.
+//! - `kafka`: clients, the consumer context, offset tracking, the durable producer, topics.
+//! - `model`: events, account settings, delivery records and the incident key.
+//! - `settings_cache`: the accounts' settings, fed by the compacted config topic.
+//! - `router`: event → one delivery record per accepting channel (`router::decide`).
+//! - `deliverer`: the loop over the delivery topics, and each record's pipeline.
+//! - `ledger`: what became of recent delivery records (`P.handled`): repeats, superseded problems.
+//! - `delivery`: one attempt to one provider, the outcome classifiers, destination caps and circuits.
+//! - `render`: what each provider receives, as pure functions.
+//! - `retry`: the tier plan (`retry::next_step`).
+//! - `verify`: verification emails for new recipients.
+//! - `metrics`, `admin`, `telemetry`, `shutdown`: what operators see and how the process stops.
+//! - `ops`: the operator commands (`dlq`, `send-test`, `settings show`).
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod config;
+pub(crate) mod deliverer;
 pub mod delivery;
-pub mod hex;
+pub(crate) mod hex;
 pub mod kafka;
 pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod render;
-pub mod retry;
-pub mod router;
-pub mod settings_cache;
+pub(crate) mod retry;
+pub(crate) mod router;
+pub(crate) mod settings_cache;
 pub mod shutdown;
 pub mod telemetry;
 pub mod verify;
@@ -31,37 +50,37 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
-use crate::config::Settings;
-use crate::delivery::Channels;
+use crate::config::Config;
+use crate::deliverer::{Deliverer, UNFINISHED_PER_ATTEMPT};
+use crate::delivery::Dispatcher;
 use crate::kafka::client;
 use crate::kafka::context::{commit_stored, subscribed, ServiceContext};
 use crate::kafka::producer::Output;
 use crate::kafka::topics::Topics;
 use crate::ledger::{Journal, Ledger};
 use crate::metrics::Metrics;
-use crate::retry::consumer::{Deliverer, UNFINISHED_PER_ATTEMPT};
 use crate::router::consumer::Router;
 use crate::settings_cache::SettingsCache;
 use crate::verify::consumer::Verifier;
 
 /// Runs the service until `shutdown` is cancelled, then drains in-flight work, commits and
 /// returns. Errors are start-up failures an operator must fix (bad address, broker refusing).
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::default());
     let admin_server = admin::serve(
-        settings.http.listen,
+        config.http.listen,
         metrics.clone(),
         readiness.clone(),
         shutdown.clone(),
     )
     .await?;
-    let topics = Topics::from_settings(&settings);
-    let kafka = &settings.kafka;
+    let topics = Topics::from_config(&config);
+    let kafka = &config.kafka;
     tracing::info!(brokers = %kafka.brokers, prefix = %kafka.topic_prefix, tiers = topics.retry.len(),
-        config = %settings.effective(), "starting sysmos-notify {}", env!("CARGO_PKG_VERSION"));
+        config = %config.effective(), "starting sysmos-notify {}", env!("CARGO_PKG_VERSION"));
 
-    if !kafka::topics::set_up(&settings, &topics, &shutdown).await? {
+    if !kafka::topics::set_up(&config, &topics, &shutdown).await? {
         return Ok(()); // stopped before the cluster answered
     }
 
@@ -79,22 +98,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         &topics.config,
         move |message| table_cache.apply_logged(message),
         shutdown.clone(),
-    )?;
-    let sent = Arc::new(verify::Sent::default());
-    let table_sent = sent.clone();
-    let (markers, mut markers_loaded) = kafka::table::follow(
+    )
+    .await?;
+    let markers = Arc::new(verify::Markers::default());
+    let table_markers = markers.clone();
+    let (markers_reader, mut markers_loaded) = kafka::table::follow(
         kafka,
         "verifications",
         metrics.clone(),
         &topics.verifications,
-        move |message| table_sent.apply(message.key(), message.payload()),
+        move |message| table_markers.apply(message.key(), message.payload()),
         shutdown.clone(),
-    )?;
+    )
+    .await?;
     // And what became of recent deliveries: a record handled before this start (offset not
     // yet committed when the last process died) is not attempted again.
     let ledger = Arc::new(Ledger::new(
-        settings.delivery.dedup_window,
-        settings.delivery.dedup_capacity,
+        config.delivery.dedup_window,
+        config.delivery.dedup_capacity,
     ));
     let table_ledger = ledger.clone();
     let (handled, mut handled_loaded) = kafka::table::follow(
@@ -104,7 +125,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         &topics.handled,
         move |message| table_ledger.apply_bytes(message.payload()),
         shutdown.clone(),
-    )?;
+    )
+    .await?;
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         _ = async {
@@ -141,35 +163,35 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     )?;
 
     // In-flight HTTP requests end within the timeout; the rest is writing their outcomes.
-    let drain = settings.delivery.timeout + Duration::from_secs(5);
+    let drain = config.delivery.timeout + Duration::from_secs(5);
     let router = Arc::new(Router {
         topics: topics.clone(),
         cache: cache.clone(),
         output: output.clone(),
         metrics: metrics.clone(),
     });
-    let channels = Arc::new(Channels::new(&settings)?);
-    let verifier = Verifier {
-        topic: topics.verifications.clone(),
-        sent,
-        mailer: channels.mailer.clone(),
-        output: output.clone(),
-        metrics: metrics.clone(),
-        delays: settings.retry.delays.clone(),
-    };
+    let dispatcher = Arc::new(Dispatcher::new(&config)?);
+    let verifier = Arc::new(Verifier::new(
+        topics.verifications.clone(),
+        markers,
+        dispatcher.mailer.clone(),
+        output.clone(),
+        metrics.clone(),
+        config.retry.delays.clone(),
+    ));
     let deliverer = Arc::new(Deliverer {
         topics: topics.clone(),
-        delays: settings.retry.delays.clone(),
+        delays: config.retry.delays.clone(),
         cache,
-        channels,
+        dispatcher,
         journal: Journal::start(topics.handled.clone(), output.clone(), ledger.clone()),
         ledger,
         in_flight: Default::default(),
         output: output.clone(),
         metrics,
-        permits: Arc::new(Semaphore::new(settings.delivery.max_in_flight)),
+        permits: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
         unfinished: Arc::new(Semaphore::new(
-            settings.delivery.max_in_flight * UNFINISHED_PER_ATTEMPT,
+            config.delivery.max_in_flight * UNFINISHED_PER_ATTEMPT,
         )),
     });
     tracing::info!(topics = ?kafka.event_topics, group = %kafka.group_id, "routing events");
@@ -179,12 +201,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let verifying = tokio::spawn(verifier.run(verifier_consumer.clone(), shutdown.clone()));
     let _ = tokio::join!(routing, delivering, verifying);
 
-    commit_stored(&router_consumer, "router");
-    commit_stored(&deliverer_consumer, "deliverer");
-    commit_stored(&verifier_consumer, "verifier");
-    output.flush(Duration::from_secs(10));
+    commit_stored(&router_consumer, "router").await;
+    commit_stored(&deliverer_consumer, "deliverer").await;
+    commit_stored(&verifier_consumer, "verifier").await;
+    output.flush(Duration::from_secs(10)).await;
     leave_groups(vec![router_consumer, deliverer_consumer, verifier_consumer]).await;
-    let _ = tokio::join!(reader, markers, handled, admin_server);
+    let _ = tokio::join!(reader, markers_reader, handled, admin_server);
     tracing::info!("stopped: in-flight work finished and offsets committed");
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The `sysmos-notify` binary: parse arguments, load settings, start logging, then run the
+//! The `sysmos-notify` binary: parse arguments, load the configuration, start logging, then run the
 //! service or one operator command.
 
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use sysmos_notify::config::Settings;
+use sysmos_notify::config::Config;
 use sysmos_notify::ops::{self, dlq, Ops};
 
 /// mimalloc instead of the system allocator: an alert storm allocates and frees small
@@ -106,7 +106,7 @@ impl From<FilterArgs> for dlq::Filter {
     }
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
     sysmos_notify::config::parse_duration(text)
 }
 
@@ -141,8 +141,8 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => Some(file.as_path()),
         _ => cli.config.as_deref(),
     };
-    let settings = match Settings::load(file) {
-        Ok(settings) => settings,
+    let config = match Config::load(file) {
+        Ok(config) => config,
         Err(error) => {
             eprintln!("sysmos-notify: {error}");
             return ExitCode::from(EXIT_BAD_CONFIG);
@@ -161,7 +161,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(command(cli.command, settings));
+    let result = runtime.block_on(command(cli.command, config));
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -174,13 +174,13 @@ fn main() -> ExitCode {
 }
 
 /// Runs one command; `Ok(false)` is a clean failure already explained on stdout.
-async fn command(command: Command, settings: Settings) -> anyhow::Result<bool> {
+async fn command(command: Command, config: Config) -> anyhow::Result<bool> {
     if let Command::Run = command {
         let shutdown = sysmos_notify::shutdown::on_signal();
-        sysmos_notify::run(settings, shutdown).await?;
+        sysmos_notify::run(config, shutdown).await?;
         return Ok(true);
     }
-    let ops = Ops::connect(settings).await?;
+    let ops = Ops::connect(config).await?;
     match command {
         Command::Run | Command::CheckConfig { .. } => unreachable!("handled above"),
         Command::Dlq {

@@ -6,6 +6,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::model::Fate;
+
 pub const CHANNELS: [&str; 5] = ["webhook", "slack", "discord", "email", "pagerduty"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,20 +15,6 @@ pub enum EventOutcome {
     Routed,
     NoRoute,
     Rejected,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    Delivered,
-    Retried,
-    DeadLettered,
-    /// The channel was removed or disabled before the attempt: nothing sent.
-    Dropped,
-    /// A problem whose recovery was delivered on the channel first: nothing sent.
-    Superseded,
-    /// A delivery record handled before (re-read after a crash or rebalance, or an event
-    /// read twice): nothing sent.
-    Duplicate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,15 +236,8 @@ impl Metrics {
         self.events.with_label_values(&[label]).inc();
     }
 
-    pub fn delivery(&self, channel: &str, outcome: DeliveryOutcome) {
-        let label = match outcome {
-            DeliveryOutcome::Delivered => "delivered",
-            DeliveryOutcome::Retried => "retried",
-            DeliveryOutcome::DeadLettered => "dead_lettered",
-            DeliveryOutcome::Dropped => "dropped",
-            DeliveryOutcome::Superseded => "superseded",
-            DeliveryOutcome::Duplicate => "duplicate",
-        };
+    pub fn delivery(&self, channel: &str, fate: Fate) {
+        let label = fate.label();
         self.deliveries.with_label_values(&[channel, label]).inc();
     }
 
@@ -332,7 +313,7 @@ mod tests {
     fn exposes_the_contract_names() {
         let m = Metrics::new();
         m.event(EventOutcome::Routed);
-        m.delivery("webhook", DeliveryOutcome::Delivered);
+        m.delivery("webhook", Fate::Delivered);
         m.request_duration("webhook", 0.02);
         m.consumer_lag("monitor.alerts", 3, 12, 1.5);
         m.retry_backlog(2, 7);

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::Settings;
+use super::Config;
 
 const MASK: &str = "***";
 
@@ -15,19 +15,7 @@ fn is_secret_property(name: &str) -> bool {
         .any(|word| name.contains(word))
 }
 
-/// The SMTP URL with its password (if any) masked.
-fn mask_url(raw: &str) -> String {
-    match reqwest::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some(MASK));
-            url.to_string()
-        }
-        Ok(url) => url.to_string(),
-        Err(_) => MASK.to_owned(),
-    }
-}
-
-impl Settings {
+impl Config {
     /// Every key and value, secrets masked: safe to log and print.
     pub fn effective(&self) -> Value {
         let client: serde_json::Map<String, Value> = self
@@ -64,16 +52,16 @@ impl Settings {
                 "breaker_cooldown": format!("{:?}", self.delivery.breaker_cooldown),
                 "dedup_window": format!("{:?}", self.delivery.dedup_window),
                 "dedup_capacity": self.delivery.dedup_capacity,
-                "ca_file": self.delivery.ca_file,
+                "ca_file": self.delivery.ca_file.as_ref().map(|ca| ca.path.display().to_string()),
             },
             "http": {"listen": self.http.listen.to_string()},
-            "dashboard": {"base_url": self.dashboard.base_url},
+            "dashboard": {"base_url": self.dashboard.base_url.as_str()},
             "channels": {
-                "slack": {"api_base_url": self.channels.slack.api_base_url},
-                "pagerduty": {"events_url": self.channels.pagerduty.events_url},
+                "slack": {"api_base_url": self.channels.slack.api_base_url.as_str()},
+                "pagerduty": {"events_url": self.channels.pagerduty.events_url.as_str()},
                 "email": {
-                    "smtp_url": mask_url(&self.channels.email.smtp_url),
-                    "from": self.channels.email.from,
+                    "smtp_url": self.channels.email.smtp_url.masked(),
+                    "from": self.channels.email.from.to_string(),
                 },
             },
         })
@@ -92,7 +80,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, file).unwrap();
-        let settings = Settings::load_with_env(Some(&path), std::iter::empty()).unwrap();
+        let settings = Config::load_with_env(Some(&path), std::iter::empty()).unwrap();
         let shown = settings.effective().to_string();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("\"sasl.username\":\"svc\""), "{shown}");

@@ -14,14 +14,14 @@ fn file(text: &str) -> tempfile::NamedTempFile {
     f
 }
 
-fn load(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
     let f = file(text);
-    Settings::load_with_env(Some(f.path()), env(vars))
+    Config::load_with_env(Some(f.path()), env(vars))
 }
 
 #[test]
 fn defaults_match_the_contract() {
-    let s = Settings::load_with_env(None, env(&[])).unwrap();
+    let s = Config::load_with_env(None, env(&[])).unwrap();
     assert_eq!(s.kafka.brokers, "127.0.0.1:9092");
     assert_eq!(s.kafka.group_id, "sysmos-notify");
     assert_eq!(s.kafka.event_topics, ["^monitor\\..*", "^server\\..*"]);
@@ -41,14 +41,20 @@ fn defaults_match_the_contract() {
     assert_eq!(s.delivery.max_in_flight_per_destination, 256);
     assert!(!s.delivery.allow_private_targets);
     assert_eq!(s.http.listen.to_string(), "0.0.0.0:9464");
-    assert_eq!(s.dashboard.base_url, "https://app.sysmos.io");
-    assert_eq!(s.channels.slack.api_base_url, "https://slack.com/api");
+    assert!(s.delivery.ca_file.is_none());
+    assert_eq!(s.dashboard_base(), "https://app.sysmos.io");
     assert_eq!(
-        s.channels.pagerduty.events_url,
+        s.channels.slack.api_base_url.as_str(),
+        "https://slack.com/api"
+    );
+    assert_eq!(
+        s.channels.pagerduty.events_url.as_str(),
         "https://events.pagerduty.com/v2/enqueue"
     );
-    assert_eq!(s.channels.email.smtp_url, "smtp://127.0.0.1:25");
-    assert_eq!(s.channels.email.from, "Sysmos Alerts <alerts@sysmos.io>");
+    assert_eq!(s.channels.email.smtp_url.masked(), "smtp://127.0.0.1:25");
+    let from = &s.channels.email.from;
+    assert_eq!(from.name.as_deref(), Some("Sysmos Alerts"));
+    assert_eq!(from.email.to_string(), "alerts@sysmos.io");
 }
 
 #[test]
@@ -179,7 +185,7 @@ fn refusals_name_the_key() {
         assert!(err.contains(key), "{text:?}: expected `{key}` in: {err}");
     }
     let missing =
-        Settings::load_with_env(Some(Path::new("/nonexistent/x.toml")), env(&[])).unwrap_err();
+        Config::load_with_env(Some(Path::new("/nonexistent/x.toml")), env(&[])).unwrap_err();
     assert!(missing.to_string().contains("/nonexistent/x.toml"));
     let broken = load("[kafka\n", &[]).unwrap_err();
     assert!(
@@ -196,16 +202,24 @@ fn a_ca_file_of_certificates_is_accepted() {
         "/tests/fixtures/tls/ca.pem\"\n"
     );
     let settings = load(text, &[]).expect("the test CA is a usable root");
-    assert!(settings.delivery.ca_file.ends_with("ca.pem"));
+    let ca_file = settings.delivery.ca_file.expect("set");
+    assert!(ca_file.path.ends_with("ca.pem"));
+    assert_eq!(ca_file.certificates.len(), 1);
 }
 
 #[test]
 fn durations() {
-    assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-    assert_eq!(parse_duration("4m"), Ok(Duration::from_secs(240)));
-    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-    assert!(parse_duration("15").is_err());
-    assert!(parse_duration("s").is_err());
-    assert!(parse_duration("1d").is_err());
+    let table = [
+        ("15s", Duration::from_secs(15)),
+        ("4m", Duration::from_secs(240)),
+        (" 250ms ", Duration::from_millis(250)),
+        ("2h", Duration::from_secs(7200)),
+        ("1h 30m", Duration::from_secs(5400)),
+    ];
+    for (text, expected) in table {
+        assert_eq!(parse_duration(text).ok(), Some(expected), "{text}");
+    }
+    for bad in ["15", "s", "soon", "-1s"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
 }

@@ -5,7 +5,8 @@
 //! A destination is where requests go: the host and port of a webhook or Discord URL, or the
 //! provider (Slack, PagerDuty, the SMTP server). A delivery that is not let through is not
 //! attempted: it moves to the next retry tier with the reason, like any failure that may
-//! pass, so nothing waits while holding a delivery slot and nothing is lost.
+//! pass (without using up a retry), so nothing waits while holding a delivery slot and
+//! nothing is lost. Destinations nobody uses are forgotten, since their keys come from users.
 //! - **Busy**: `max_in_flight_per_destination` requests to it are already in flight and none
 //!   finished within [`BUSY_WAIT`]. A healthy destination frees slots in milliseconds, so a
 //!   burst waits briefly and goes through; a hanging one holds them until its timeouts trip
@@ -83,23 +84,70 @@ impl Breaker {
 struct Destination {
     permits: Arc<Semaphore>,
     breaker: Mutex<Breaker>,
+    /// When its last request ended (or it was created): idle destinations are forgotten.
+    last_used: Mutex<Instant>,
 }
+
+impl Destination {
+    /// Whether forgetting it loses nothing worth keeping: no request in flight (the map holds
+    /// the only reference), and a closed circuit with no failure counted, or no use for
+    /// [`FORGET_AFTER_COOLDOWNS`] cooldowns.
+    fn forgettable(self: &Arc<Self>, now: Instant, cooldown: Duration) -> bool {
+        let idle_for =
+            now.saturating_duration_since(*self.last_used.lock().expect("destination lock"));
+        Arc::strong_count(self) == 1
+            && (*self.breaker.lock().expect("breaker lock") == Breaker::default()
+                || idle_for > cooldown * FORGET_AFTER_COOLDOWNS)
+    }
+}
+
+/// An unused destination whose circuit has a count or is open is kept this many cooldowns.
+const FORGET_AFTER_COOLDOWNS: u32 = 10;
+/// The map of destinations is swept for forgettable ones when it reaches twice the size it had
+/// after the last sweep, and at least this size: the keys are user-supplied host:port pairs.
+const MIN_SWEEP: usize = 1024;
 
 /// Every destination's cap and circuit.
 pub struct Destinations {
     cap: usize,
     threshold: u32,
     cooldown: Duration,
-    all: Mutex<HashMap<String, Arc<Destination>>>,
+    all: Mutex<Known>,
 }
 
-/// Why a request was not let through.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NotAdmitted {
-    /// The metric label: `busy` or `circuit_open`.
-    pub label: &'static str,
-    /// What the delivery record and the logs say.
-    pub reason: String,
+#[derive(Default)]
+struct Known {
+    by_key: HashMap<String, Arc<Destination>>,
+    sweep_at: usize,
+}
+
+/// Why a request was not let through: the delivery is skipped, not attempted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Skipped {
+    #[error(
+        "not attempted: {cap} requests to {destination} are already in flight \
+         (delivery.max_in_flight_per_destination)"
+    )]
+    Busy { destination: String, cap: usize },
+    #[error(
+        "not attempted: the circuit to {destination} is open after {threshold} consecutive \
+         unanswered requests; a probe is let through every {cooldown:?}"
+    )]
+    CircuitOpen {
+        destination: String,
+        threshold: u32,
+        cooldown: Duration,
+    },
+}
+
+impl Skipped {
+    /// The `reason` label of `sysmos_notify_not_attempted_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Skipped::Busy { .. } => "busy",
+            Skipped::CircuitOpen { .. } => "circuit_open",
+        }
+    }
 }
 
 /// A request let through: holds the destination's slot until its outcome is recorded.
@@ -120,32 +168,32 @@ impl Destinations {
 
     fn get(&self, key: &str) -> Arc<Destination> {
         let mut all = self.all.lock().expect("destinations lock");
-        all.entry(key.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Destination {
-                    permits: Arc::new(Semaphore::new(self.cap)),
-                    breaker: Mutex::default(),
-                })
-            })
-            .clone()
+        if let Some(known) = all.by_key.get(key) {
+            return known.clone();
+        }
+        let now = Instant::now();
+        if all.by_key.len() >= all.sweep_at.max(MIN_SWEEP) {
+            all.by_key.retain(|_, d| !d.forgettable(now, self.cooldown));
+            all.sweep_at = all.by_key.len() * 2;
+        }
+        let destination = Arc::new(Destination {
+            permits: Arc::new(Semaphore::new(self.cap)),
+            breaker: Mutex::default(),
+            last_used: Mutex::new(now),
+        });
+        all.by_key.insert(key.to_owned(), destination.clone());
+        destination
     }
 
     /// Lets a request to `key` through, or says why not.
-    pub async fn admit(&self, key: &str) -> Result<Ticket, NotAdmitted> {
+    pub async fn admit(&self, key: &str) -> Result<Ticket, Skipped> {
         let destination = self.get(key);
         let waiting = destination.permits.clone().acquire_owned();
-        let permit = match tokio::time::timeout(BUSY_WAIT, waiting).await {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                return Err(NotAdmitted {
-                    label: "busy",
-                    reason: format!(
-                        "not attempted: {} requests to {key} are already in flight \
-                         (delivery.max_in_flight_per_destination)",
-                        self.cap
-                    ),
-                })
-            }
+        let Ok(Ok(permit)) = tokio::time::timeout(BUSY_WAIT, waiting).await else {
+            return Err(Skipped::Busy {
+                destination: key.to_owned(),
+                cap: self.cap,
+            });
         };
         let admitted = destination
             .breaker
@@ -157,33 +205,33 @@ impl Destinations {
                 destination,
                 _permit: permit,
             }),
-            Admit::Skip => Err(NotAdmitted {
-                label: "circuit_open",
-                reason: format!(
-                    "not attempted: the circuit to {key} is open after {} consecutive unanswered \
-                     requests; a probe is let through every {:?}",
-                    self.threshold, self.cooldown
-                ),
+            Admit::Skip => Err(Skipped::CircuitOpen {
+                destination: key.to_owned(),
+                threshold: self.threshold,
+                cooldown: self.cooldown,
             }),
         }
     }
 
     /// Records the outcome of a request let through; true when it opened the circuit.
     pub fn record(&self, ticket: Ticket, success: bool) -> bool {
+        let now = Instant::now();
+        *ticket
+            .destination
+            .last_used
+            .lock()
+            .expect("destination lock") = now;
         ticket
             .destination
             .breaker
             .lock()
             .expect("breaker lock")
-            .record(success, self.threshold, self.cooldown, Instant::now())
+            .record(success, self.threshold, self.cooldown, now)
     }
 
-    /// How many destinations have an open circuit now.
-    pub fn open(&self) -> usize {
-        let all = self.all.lock().expect("destinations lock");
-        all.values()
-            .filter(|d| d.breaker.lock().expect("breaker lock").is_open())
-            .count()
+    #[cfg(test)]
+    fn known(&self) -> usize {
+        self.all.lock().expect("destinations lock").by_key.len()
     }
 }
 
@@ -240,8 +288,8 @@ mod tests {
         let _b = d.admit("hooks.example.com:443").await.unwrap();
         let started = Instant::now();
         let busy = d.admit("hooks.example.com:443").await.err().unwrap();
-        assert_eq!(busy.label, "busy");
-        assert!(busy.reason.contains("2 requests"), "{busy:?}");
+        assert_eq!(busy.label(), "busy");
+        assert!(busy.to_string().contains("2 requests"), "{busy}");
         assert!(started.elapsed() >= BUSY_WAIT);
         assert!(
             d.admit("other.example.com:443").await.is_ok(),
@@ -255,5 +303,36 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         d.record(a, true);
         assert!(waiter.await.unwrap(), "a finished request frees its slot");
+    }
+
+    #[tokio::test]
+    async fn idle_destinations_are_forgotten() {
+        let d = Destinations::new(2, 1, Duration::from_secs(30));
+        let failing = d.admit("down.example.com:443").await.unwrap();
+        assert!(d.record(failing, false), "its circuit opens");
+        let in_flight = d.admit("slow.example.com:443").await.unwrap();
+        for n in 0..10_000 {
+            let ticket = d.admit(&format!("host{n}.example.com:443")).await.unwrap();
+            d.record(ticket, true);
+        }
+        assert!(
+            d.known() <= 2 * MIN_SWEEP,
+            "{} destinations remembered after 10,000 distinct ones",
+            d.known()
+        );
+        let skipped = d.admit("down.example.com:443").await.err();
+        assert!(
+            matches!(skipped, Some(Skipped::CircuitOpen { .. })),
+            "an open circuit is not forgotten while it matters"
+        );
+        let _second = d.admit("slow.example.com:443").await.unwrap();
+        assert!(
+            matches!(
+                d.admit("slow.example.com:443").await,
+                Err(Skipped::Busy { .. })
+            ),
+            "a destination with a request in flight keeps its slots"
+        );
+        drop(in_flight);
     }
 }

@@ -10,19 +10,19 @@ use serde_json::Value;
 use super::guard::check_url;
 use super::http::{excerpt, read_limited};
 use super::outcome::{classify_status, classify_transport, retry_after, Outcome, MAX_RETRY_AFTER};
-use super::Channels;
+use super::Dispatcher;
 use crate::model::Secret;
 use crate::render::{discord, Alert};
 
-pub async fn send(channels: &Channels, alert: &Alert<'_>, webhook_url: &Secret) -> Outcome {
-    let mut url = match check_url(webhook_url.expose(), channels.policy) {
+pub async fn send(dispatcher: &Dispatcher, alert: &Alert<'_>, webhook_url: &Secret) -> Outcome {
+    let mut url = match check_url(webhook_url.expose(), dispatcher.policy) {
         Ok(url) => url,
-        Err(outcome) => return outcome,
+        Err(refused) => return refused.into(),
     };
     // `wait=true`: Discord answers once the message exists, so a 2xx means it was posted.
     url.query_pairs_mut().append_pair("wait", "true");
     let body = discord::message(alert);
-    let request = channels
+    let request = dispatcher
         .user_http
         .next()
         .post(url)
@@ -39,7 +39,7 @@ pub async fn send(channels: &Channels, alert: &Alert<'_>, webhook_url: &Secret) 
             };
             classify(status, &headers, &answer, Utc::now())
         }
-        Err(error) => classify_transport(&error, channels.timeout),
+        Err(error) => classify_transport(&error, dispatcher.timeout),
     }
 }
 

@@ -19,8 +19,8 @@ use lettre::transport::smtp::PoolConfig;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::outcome::Outcome;
-use super::Sent;
-use crate::config::EmailSettings;
+use super::Attempted;
+use crate::config::EmailConfig;
 use crate::model::settings::Recipient;
 use crate::model::DeliveryRecord;
 use crate::render::{self, email::Email, Alert};
@@ -44,18 +44,17 @@ pub struct Failure {
 
 impl Mailer {
     /// Builds the pool; connections are opened on first use. Must run inside a Tokio runtime.
-    pub fn new(settings: &EmailSettings, timeout: Duration) -> anyhow::Result<Self> {
-        // Never the URL in the error: it may hold the SMTP password.
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&settings.smtp_url)
-            .map_err(|e| anyhow::anyhow!("channels.email.smtp_url is not usable: {e}"))?
+    pub fn new(config: &EmailConfig, timeout: Duration) -> Self {
+        let transport = config
+            .smtp_url
+            .transport()
             .timeout(Some(timeout))
             .pool_config(PoolConfig::new().max_size(16))
             .build();
-        let from = settings
-            .from
-            .parse()
-            .map_err(|e| anyhow::anyhow!("channels.email.from is not a mailbox: {e}"))?;
-        Ok(Self { transport, from })
+        Self {
+            transport,
+            from: config.from.clone(),
+        }
     }
 
     /// Sends `email` to one address in its own SMTP transaction.
@@ -120,7 +119,7 @@ pub async fn send(
     record: &DeliveryRecord,
     alert: &Alert<'_>,
     recipients: &[Recipient],
-) -> Sent {
+) -> Attempted {
     let earlier: HashSet<&str> = record.reached_so_far().collect();
     let mut targets: Vec<&str> = Vec::new();
     for r in recipients.iter().filter(|r| r.verified) {
@@ -145,9 +144,10 @@ pub async fn send(
             Err(failure) => failed.push(((*to).to_owned(), failure)),
         }
     }
-    Sent {
-        reached: reached.clone(),
-        ..combine(&reached, &failed, earlier.len()).into()
+    Attempted {
+        outcome: combine(&reached, &failed, earlier.len()),
+        reached,
+        opened_circuit: false,
     }
 }
 

@@ -9,16 +9,14 @@
 //!   no second lookup in between (no DNS rebinding window).
 //! - Redirects are never followed (the client's policy); a 3xx is a failure.
 //!
-//! A refused target is a permanent failure whose reason says why.
+//! A refused target is a [`Refused`] error whose text says why; callers make it a permanent
+//! failure.
 
 use std::error::Error;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::Url;
-
-use super::outcome::Outcome;
 
 /// What user-supplied URLs may reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,33 +25,28 @@ pub struct Policy {
     pub allow_http: bool,
 }
 
-/// The error a refused target produces, recognised by the transport classifier.
-#[derive(Debug)]
+/// Why a target is refused: returned by [`check_url`], and raised by [`GuardedResolver`]
+/// inside the HTTP client, where [`refused`] finds it again.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
 pub struct Refused(pub String);
 
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Error for Refused {}
-
 /// Checks a user-supplied URL before any request: scheme, host, and an IP literal's range.
-pub fn check_url(raw: &str, policy: Policy) -> Result<Url, Outcome> {
-    let url = Url::parse(raw)
-        .map_err(|e| Outcome::permanent(format!("invalid URL in channel settings: {e}")))?;
+pub fn check_url(raw: &str, policy: Policy) -> Result<Url, Refused> {
+    let url =
+        Url::parse(raw).map_err(|e| Refused(format!("invalid URL in channel settings: {e}")))?;
     match url.scheme() {
         "https" => {}
         "http" if policy.allow_http || policy.allow_private => {}
         "http" => {
-            return Err(Outcome::permanent(
+            return Err(Refused(
                 "refused: http:// is not allowed for channel URLs; use https:// \
-                 (or set delivery.allow_http = true)",
+                 (or set delivery.allow_http = true)"
+                    .to_owned(),
             ))
         }
         other => {
-            return Err(Outcome::permanent(format!(
+            return Err(Refused(format!(
                 "refused: channel URL scheme `{other}`; only https:// is allowed"
             )))
         }
@@ -61,14 +54,14 @@ pub fn check_url(raw: &str, policy: Policy) -> Result<Url, Outcome> {
     // The URL parser normalises IP literals (`0x7f.1` is 127.0.0.1, IPv6 in brackets).
     let host = url
         .host_str()
-        .ok_or_else(|| Outcome::permanent("channel URL has no host"))?;
+        .ok_or_else(|| Refused("channel URL has no host".to_owned()))?;
     let literal = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .parse::<IpAddr>()
         .ok();
     if let Some(ip) = literal.filter(|ip| !policy.allow_private && !is_public(*ip)) {
-        return Err(Outcome::permanent(refusal(ip)));
+        return Err(Refused(refusal(ip)));
     }
     Ok(url)
 }
@@ -266,7 +259,7 @@ mod tests {
             allow_private: false,
             allow_http: false,
         };
-        let permanent = |r: Result<Url, Outcome>| matches!(r, Err(Outcome::Permanent { .. }));
+        let permanent = |r: Result<Url, Refused>| r.is_err();
         assert!(check_url("https://hooks.example.com/x", strict).is_ok());
         assert!(permanent(check_url("http://hooks.example.com/x", strict)));
         assert!(permanent(check_url("ftp://hooks.example.com/x", strict)));

@@ -73,19 +73,6 @@ impl Clients {
     }
 }
 
-/// The certificates of the PEM file `path` (`delivery.ca_file`); an error says what is wrong.
-pub fn roots(path: &str) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let roots = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{path} is not a PEM file of certificates: {e}"))?;
-    if roots.is_empty() {
-        return Err(format!(
-            "{path} holds no PEM certificate (BEGIN CERTIFICATE)"
-        ));
-    }
-    Ok(roots)
-}
-
 /// Provider answers are small; a larger body is cut here, never buffered whole.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 

@@ -1,5 +1,5 @@
 //! Sending one delivery to its provider. Each channel type is one file with a `send`
-//! function returning what happened; `Channels::send` is the only place that dispatches.
+//! function returning what happened; [`Dispatcher::send`] is the only place that dispatches.
 //! What a message says is decided in `crate::render`; these files only do the I/O.
 
 pub mod breaker;
@@ -15,36 +15,35 @@ pub mod webhook;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use breaker::Skipped;
 pub use outcome::Outcome;
 
-use crate::config::Settings;
+use crate::config::Config;
 use crate::model::{Channel, ChannelKind, DeliveryRecord};
 use crate::render::Alert;
 
 /// What one attempt came to, and for email which recipients it reached.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sent {
+pub struct Attempted {
     pub outcome: Outcome,
     pub reached: Vec<String>,
-    /// Set when no request was made: the destination was `busy` or its circuit `open`.
-    pub skipped: Option<&'static str>,
     /// This attempt's failure opened the destination's circuit.
     pub opened_circuit: bool,
 }
 
-impl From<Outcome> for Sent {
+impl From<Outcome> for Attempted {
     fn from(outcome: Outcome) -> Self {
         Self {
             outcome,
             reached: Vec::new(),
-            skipped: None,
             opened_circuit: false,
         }
     }
 }
 
-/// Shared resources of every channel: the HTTP clients, the SMTP pool and the settings.
-pub struct Channels {
+/// What every channel's requests share: the HTTP clients, the SMTP pool, each destination's
+/// cap and circuit, and the provider endpoints.
+pub struct Dispatcher {
     /// For the operator's endpoints (Slack API, PagerDuty Events API).
     pub http: http::Clients,
     /// For user-supplied URLs (webhooks, Discord): resolves to public addresses only,
@@ -56,75 +55,68 @@ pub struct Channels {
     pub policy: guard::Policy,
     /// `dashboard.base_url` without a trailing slash.
     pub dashboard: String,
+    /// `channels.slack.api_base_url` without a trailing slash.
     pub slack_api: String,
-    pub pagerduty_events: String,
+    pub pagerduty_events: reqwest::Url,
 }
 
-impl Channels {
-    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
-        let roots = match settings.delivery.ca_file.as_str() {
-            "" => Vec::new(),
-            path => http::roots(path).map_err(|e| anyhow::anyhow!("delivery.ca_file: {e}"))?,
-        };
-        let per_destination = settings.delivery.max_in_flight_per_destination;
+impl Dispatcher {
+    /// Must run inside a Tokio runtime (the SMTP pool).
+    /// Fails only on a `delivery.ca_file` certificate the TLS stack cannot use.
+    pub fn new(config: &Config) -> reqwest::Result<Self> {
+        let delivery = &config.delivery;
+        let roots = delivery
+            .ca_file
+            .as_ref()
+            .map_or(&[][..], |ca| &ca.certificates[..]);
+        let per_destination = delivery.max_in_flight_per_destination;
         Ok(Self {
             http: http::Clients::new(per_destination, || {
-                http::client(settings.delivery.timeout, false, &roots)
+                http::client(delivery.timeout, false, roots)
             })?,
             user_http: http::Clients::new(per_destination, || {
-                http::client(
-                    settings.delivery.timeout,
-                    !settings.delivery.allow_private_targets,
-                    &roots,
-                )
+                http::client(delivery.timeout, !delivery.allow_private_targets, roots)
             })?,
-            mailer: Arc::new(email::Mailer::new(
-                &settings.channels.email,
-                settings.delivery.timeout,
-            )?),
+            mailer: Arc::new(email::Mailer::new(&config.channels.email, delivery.timeout)),
             destinations: breaker::Destinations::new(
-                settings.delivery.max_in_flight_per_destination,
-                settings.delivery.breaker_threshold,
-                settings.delivery.breaker_cooldown,
+                per_destination,
+                delivery.breaker_threshold,
+                delivery.breaker_cooldown,
             ),
-            timeout: settings.delivery.timeout,
+            timeout: delivery.timeout,
             policy: guard::Policy {
-                allow_private: settings.delivery.allow_private_targets,
-                allow_http: settings.delivery.allow_http,
+                allow_private: delivery.allow_private_targets,
+                allow_http: delivery.allow_http,
             },
-            dashboard: settings.dashboard_base().to_owned(),
-            slack_api: settings
+            dashboard: config.dashboard_base().to_owned(),
+            slack_api: config
                 .channels
                 .slack
                 .api_base_url
+                .as_str()
                 .trim_end_matches('/')
                 .to_owned(),
-            pagerduty_events: settings.channels.pagerduty.events_url.clone(),
+            pagerduty_events: config.channels.pagerduty.events_url.clone(),
         })
     }
 
-    /// Makes one attempt, if the destination lets it through; never panics on what a
-    /// provider answers.
-    pub async fn send(&self, channel: &Channel, record: &DeliveryRecord) -> Sent {
-        let key = destination(&channel.kind);
-        let ticket = match self.destinations.admit(&key).await {
-            Ok(ticket) => ticket,
-            Err(refused) => {
-                return Sent {
-                    skipped: Some(refused.label),
-                    ..Outcome::retry(refused.reason).into()
-                };
-            }
-        };
-        let mut sent = self.attempt(channel, record).await;
+    /// Makes one attempt if the destination lets it through, or says why it was skipped;
+    /// never panics on what a provider answers.
+    pub async fn send(
+        &self,
+        channel: &Channel,
+        record: &DeliveryRecord,
+    ) -> Result<Attempted, Skipped> {
+        let ticket = self.destinations.admit(&destination(&channel.kind)).await?;
+        let mut attempted = self.attempt(channel, record).await;
         // Only a destination that did not answer (timeout, connection failure) trips the
         // breaker: one that answers, even 5xx or 429, answers fast and holds no capacity.
-        let answered = !matches!(sent.outcome, Outcome::Retry { status: None, .. });
-        sent.opened_circuit = self.destinations.record(ticket, answered);
-        sent
+        let answered = !matches!(attempted.outcome, Outcome::Retry { status: None, .. });
+        attempted.opened_circuit = self.destinations.record(ticket, answered);
+        Ok(attempted)
     }
 
-    async fn attempt(&self, channel: &Channel, record: &DeliveryRecord) -> Sent {
+    async fn attempt(&self, channel: &Channel, record: &DeliveryRecord) -> Attempted {
         // Webhooks carry the event's own fields; every other channel renders the alert view.
         let alert = || Alert::new(&record.event, &self.dashboard);
         match &channel.kind {

@@ -65,6 +65,13 @@ impl Outcome {
     }
 }
 
+/// A target the guard refused will not pass.
+impl From<super::guard::Refused> for Outcome {
+    fn from(refused: super::guard::Refused) -> Self {
+        Outcome::permanent(refused.0)
+    }
+}
+
 /// Classifies an HTTP answer by status alone.
 pub fn classify_status(status: u16, headers: &HeaderMap, now: DateTime<Utc>) -> Outcome {
     let status_text = format!(

@@ -7,17 +7,21 @@ use serde::Serialize;
 
 use super::http::{excerpt, read_limited};
 use super::outcome::{classify_status, classify_transport, Outcome};
-use super::Channels;
+use super::Dispatcher;
 use crate::model::Secret;
 use crate::render::{pagerduty, Alert};
 
-pub async fn send(channels: &Channels, alert: &Alert<'_>, integration_key: &Secret) -> Outcome {
-    post(channels, pagerduty::event(alert), integration_key).await
+pub async fn send(dispatcher: &Dispatcher, alert: &Alert<'_>, integration_key: &Secret) -> Outcome {
+    post(dispatcher, pagerduty::event(alert), integration_key).await
 }
 
 /// Resolves the incident `dedup_key` (a recovery overtook its alert: see `crate::ledger`).
-pub async fn resolve(channels: &Channels, dedup_key: &str, integration_key: &Secret) -> Outcome {
-    post(channels, pagerduty::resolve(dedup_key), integration_key).await
+pub async fn resolve(
+    dispatcher: &Dispatcher,
+    dedup_key: &str,
+    integration_key: &Secret,
+) -> Outcome {
+    post(dispatcher, pagerduty::resolve(dedup_key), integration_key).await
 }
 
 /// A body with the integration key, which the renderer never sees, added last.
@@ -28,15 +32,15 @@ struct Keyed<'a, B> {
     routing_key: &'a str,
 }
 
-async fn post(channels: &Channels, body: impl Serialize, integration_key: &Secret) -> Outcome {
+async fn post(dispatcher: &Dispatcher, body: impl Serialize, integration_key: &Secret) -> Outcome {
     let body = Keyed {
         body,
         routing_key: integration_key.expose(),
     };
-    let request = channels
+    let request = dispatcher
         .http
         .next()
-        .post(&channels.pagerduty_events)
+        .post(dispatcher.pagerduty_events.clone())
         .header(CONTENT_TYPE, "application/json")
         .body(serde_json::to_vec(&body).expect("PagerDuty bodies serialize"));
     match request.send().await {
@@ -58,6 +62,6 @@ async fn post(channels: &Channels, body: impl Serialize, integration_key: &Secre
                 other => other,
             }
         }
-        Err(error) => classify_transport(&error, channels.timeout),
+        Err(error) => classify_transport(&error, dispatcher.timeout),
     }
 }

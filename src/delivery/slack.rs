@@ -7,21 +7,21 @@ use serde::Deserialize;
 
 use super::http::{excerpt, read_limited};
 use super::outcome::{classify_status, classify_transport, retry_after, Outcome};
-use super::Channels;
+use super::Dispatcher;
 use crate::model::Secret;
 use crate::render::{slack, Alert};
 
 pub async fn send(
-    channels: &Channels,
+    dispatcher: &Dispatcher,
     alert: &Alert<'_>,
     token: &Secret,
     channel: &str,
 ) -> Outcome {
     let body = slack::message(alert, channel);
-    let request = channels
+    let request = dispatcher
         .http
         .next()
-        .post(format!("{}/chat.postMessage", channels.slack_api))
+        .post(format!("{}/chat.postMessage", dispatcher.slack_api))
         .bearer_auth(token.expose())
         .header(CONTENT_TYPE, "application/json; charset=utf-8")
         .body(serde_json::to_vec(&body).expect("Slack bodies serialize"));
@@ -32,7 +32,7 @@ pub async fn send(
             let answer = read_limited(response).await;
             classify(status, &headers, &answer, Utc::now())
         }
-        Err(error) => classify_transport(&error, channels.timeout),
+        Err(error) => classify_transport(&error, dispatcher.timeout),
     }
 }
 

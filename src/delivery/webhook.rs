@@ -9,7 +9,7 @@ use sha2::Sha256;
 
 use super::guard::check_url;
 use super::outcome::{classify_status, classify_transport, Outcome};
-use super::Channels;
+use super::Dispatcher;
 use crate::model::{DeliveryRecord, Secret};
 
 /// Headers the service sets; a user header of the same name would break signatures or parsing.
@@ -21,13 +21,15 @@ const RESERVED: [&str; 5] = [
     "webhook-signature",
 ];
 
+/// A channel's `secret` that cannot sign: the delivery will not pass until it is corrected.
+#[derive(Debug, thiserror::Error)]
+#[error("the channel's signing secret is not a Standard Webhooks secret (whsec_ + base64)")]
+pub struct InvalidSecret;
+
 /// `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`, keyed by the base64 secret after `whsec_`.
-pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, InvalidSecret> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = BASE64.decode(encoded).map_err(|_| {
-        "the channel's signing secret is not a Standard Webhooks secret (whsec_ + base64)"
-            .to_owned()
-    })?;
+    let key = BASE64.decode(encoded).map_err(|_| InvalidSecret)?;
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes keys of any length");
     mac.update(id.as_bytes());
     mac.update(b".");
@@ -38,19 +40,19 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Strin
 }
 
 pub async fn send(
-    channels: &Channels,
+    dispatcher: &Dispatcher,
     record: &DeliveryRecord,
     url: &Secret,
     headers: &[(String, Secret)],
     secret: Option<&Secret>,
 ) -> Outcome {
-    let url = match check_url(url.expose(), channels.policy) {
+    let url = match check_url(url.expose(), dispatcher.policy) {
         Ok(url) => url,
-        Err(outcome) => return outcome,
+        Err(refused) => return refused.into(),
     };
     let body = serde_json::to_vec(&record.event.webhook_body()).expect("webhook bodies serialize");
     let timestamp = chrono::Utc::now().timestamp();
-    let mut request = channels
+    let mut request = dispatcher
         .user_http
         .next()
         .post(url)
@@ -74,7 +76,7 @@ pub async fn send(
     if let Some(secret) = secret {
         match sign(secret.expose(), &record.delivery_id, timestamp, &body) {
             Ok(signature) => request = request.header("webhook-signature", signature),
-            Err(reason) => return Outcome::permanent(reason),
+            Err(invalid) => return Outcome::permanent(invalid.to_string()),
         }
     }
     match request.body(body).send().await {
@@ -83,7 +85,7 @@ pub async fn send(
             response.headers(),
             chrono::Utc::now(),
         ),
-        Err(error) => classify_transport(&error, channels.timeout),
+        Err(error) => classify_transport(&error, dispatcher.timeout),
     }
 }
 

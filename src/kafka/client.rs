@@ -2,9 +2,9 @@
 
 use rdkafka::ClientConfig;
 
-use crate::config::KafkaSettings;
+use crate::config::KafkaConfig;
 
-fn base(settings: &KafkaSettings) -> ClientConfig {
+fn base(settings: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
@@ -71,7 +71,7 @@ fn listed(key: &str, list: &[&str]) -> bool {
 
 /// `kafka.client` properties for a client of `role`: a consumer-only property is not given to
 /// the producer (librdkafka would warn that it ignores it), and the other way round.
-fn passthrough(config: &mut ClientConfig, settings: &KafkaSettings, role: Role) {
+fn passthrough(config: &mut ClientConfig, settings: &KafkaConfig, role: Role) {
     for (key, value) in &settings.client {
         let skip = match role {
             Role::Consumer => listed(key, PRODUCER_ONLY),
@@ -86,12 +86,12 @@ fn passthrough(config: &mut ClientConfig, settings: &KafkaSettings, role: Role) 
 
 /// A group consumer whose offsets are stored only by the service, after an outcome is
 /// durable, and committed in the background (at-least-once). It prefetches up to 3 MiB.
-pub fn group_consumer(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+pub fn group_consumer(settings: &KafkaConfig, group_id: &str) -> ClientConfig {
     group_consumer_prefetching(settings, group_id, DELIVERIES_PREFETCH_KIB)
 }
 
 /// The router's group consumer: as [`group_consumer`], prefetching up to 2 MiB of events.
-pub fn events_consumer(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+pub fn events_consumer(settings: &KafkaConfig, group_id: &str) -> ClientConfig {
     group_consumer_prefetching(settings, group_id, EVENTS_PREFETCH_KIB)
 }
 
@@ -106,7 +106,7 @@ const DELIVERIES_PREFETCH_KIB: u32 = 3072;
 const EVENTS_PREFETCH_KIB: u32 = 2048;
 
 fn group_consumer_prefetching(
-    settings: &KafkaSettings,
+    settings: &KafkaConfig,
     group_id: &str,
     prefetch_kib: u32,
 ) -> ClientConfig {
@@ -131,7 +131,7 @@ fn group_consumer_prefetching(
 }
 
 /// A consumer that reads assigned partitions from the beginning and never commits.
-pub fn reader(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+pub fn reader(settings: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut config = base(settings);
     config
         .set("group.id", group_id)
@@ -164,7 +164,7 @@ pub fn background(mut config: ClientConfig) -> ClientConfig {
 }
 
 /// The one producer of a process: idempotent, so broker retries cannot duplicate records.
-pub fn producer(settings: &KafkaSettings) -> ClientConfig {
+pub fn producer(settings: &KafkaConfig) -> ClientConfig {
     let mut config = base(settings);
     config
         .set("enable.idempotence", "true")
@@ -175,7 +175,7 @@ pub fn producer(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
-pub fn admin(settings: &KafkaSettings) -> ClientConfig {
+pub fn admin(settings: &KafkaConfig) -> ClientConfig {
     let mut config = base(settings);
     passthrough(&mut config, settings, Role::Admin);
     config
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn each_client_gets_the_properties_it_takes() {
-        let mut settings = crate::config::Settings::load_with_env(None, std::iter::empty())
+        let mut settings = crate::config::Config::load_with_env(None, std::iter::empty())
             .unwrap()
             .kafka;
         for (k, v) in [

@@ -138,16 +138,13 @@ impl ClientContext for ServiceContext {
 }
 
 impl ConsumerContext for ServiceContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            // Hand back what we own with every finished offset committed; unfinished work is
-            // repeated by the next owner (at-least-once).
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => {
-                    tracing::warn!(role = self.role, error = %e, "commit before revoke failed")
-                }
-            }
+            // No offset is stored after this. librdkafka itself commits the stored offsets of
+            // the partitions it then unassigns, and waits for that commit before the group
+            // moves on (`enable.auto.commit`), so the next owner starts where this one
+            // finished; unfinished work is repeated (at-least-once). A commit made here would
+            // block the async worker that polls the consumer.
             let revoked = partitions(tpl);
             tracing::info!(role = self.role, partitions = ?revoked, "partitions revoked");
             self.assignment
@@ -285,22 +282,29 @@ pub fn finish(consumer: &GroupConsumer, pos: &super::offsets::Position) {
     drop(assignment);
 }
 
-/// Commits every stored offset synchronously (shutdown) and logs where each partition stands.
-pub fn commit_stored(consumer: &GroupConsumer, role: &str) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => {
-            tracing::warn!(role, %error, "final commit failed; the uncommitted work will be repeated");
-            return; // the broker did not answer the commit: do not wait on it again
+/// Commits every stored offset (shutdown) and logs where each partition stands. The commit
+/// and the query wait on the broker, so they run off the async workers.
+pub async fn commit_stored(consumer: &Arc<GroupConsumer>, role: &'static str) {
+    let consumer = consumer.clone();
+    let committing = tokio::task::spawn_blocking(move || {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(role, %error, "final commit failed; the uncommitted work will be repeated");
+                return; // the broker did not answer the commit: do not wait on it again
+            }
         }
-    }
-    // One short round trip: what the group now holds, for an operator reading the log.
-    if let Ok(committed) = consumer.committed(std::time::Duration::from_secs(1)) {
-        let offsets: Vec<String> = committed
-            .elements()
-            .iter()
-            .map(|e| format!("{}[{}]={:?}", e.topic(), e.partition(), e.offset()))
-            .collect();
-        tracing::info!(role, offsets = ?offsets, "committed at shutdown");
+        // One short round trip: what the group now holds, for an operator reading the log.
+        if let Ok(committed) = consumer.committed(std::time::Duration::from_secs(1)) {
+            let offsets: Vec<String> = committed
+                .elements()
+                .iter()
+                .map(|e| format!("{}[{}]={:?}", e.topic(), e.partition(), e.offset()))
+                .collect();
+            tracing::info!(role, offsets = ?offsets, "committed at shutdown");
+        }
+    });
+    if let Err(error) = committing.await {
+        tracing::warn!(role, %error, "final commit did not complete");
     }
 }

@@ -141,10 +141,40 @@ impl Output {
         }
     }
 
-    /// Sends what is still queued; called last at shutdown.
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
-            tracing::error!(%error, "records still unsent at exit; their inputs were not committed and will be re-read");
+    /// Sends what is still queued; called last at shutdown. librdkafka's flush blocks until
+    /// the broker answers, so it runs off the async workers.
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::error!(
+                ?flushed,
+                "records still unsent at exit; their inputs were not committed and will be re-read"
+            );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::testing::{ticks_during, unreachable_kafka};
+
+    #[tokio::test]
+    async fn flushing_leaves_the_async_worker_free() {
+        let producer: FutureProducer = crate::kafka::client::producer(&unreachable_kafka())
+            .create()
+            .unwrap();
+        let output = Output::new(producer, CancellationToken::new());
+        let unsent = output
+            .enqueue(vec![OutRecord::new("t", "k", b"v".to_vec())])
+            .await;
+        let ((), ticks) = ticks_during(output.flush(Duration::from_secs(1))).await;
+        assert!(
+            ticks >= 50,
+            "the runtime's only worker ticked {ticks} times in the 1 s flush"
+        );
+        drop(unsent);
     }
 }

@@ -13,14 +13,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::context::ServiceContext;
-use crate::config::KafkaSettings;
+use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 
 /// Starts following `topic` from the beginning with its own reader (group `{group_id}.{role}`,
 /// used for nothing but client identity), handing each record to `apply`. The receiver turns
-/// true once the topic has been read up to the end offsets seen now.
-pub fn follow(
-    kafka: &KafkaSettings,
+/// true once the topic has been read up to the end offsets seen now. Finding the partitions and
+/// their end offsets waits on the broker, so it runs off the async workers.
+pub async fn follow(
+    kafka: &KafkaConfig,
     role: &'static str,
     metrics: std::sync::Arc<Metrics>,
     topic: &str,
@@ -35,7 +36,11 @@ pub fn follow(
         )),
         ServiceContext::new(role, metrics, Default::default()),
     )?;
-    let targets = assign_all(&consumer, topic)?;
+    let owned_topic = topic.to_owned();
+    let (consumer, targets) = tokio::task::spawn_blocking(move || {
+        assign_all(&consumer, &owned_topic).map(|targets| (consumer, targets))
+    })
+    .await??;
     let (loaded_tx, loaded_rx) = watch::channel(false);
     let task = tokio::spawn(run(
         consumer,
@@ -117,5 +122,31 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::testing::{ticks_during, unreachable_kafka};
+
+    #[tokio::test]
+    async fn waiting_for_the_cluster_leaves_the_async_worker_free() {
+        let kafka = unreachable_kafka();
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let following = follow(
+            &kafka,
+            "settings",
+            metrics,
+            "t",
+            |_| {},
+            CancellationToken::new(),
+        );
+        let (followed, ticks) = ticks_during(following).await;
+        assert!(followed.is_err(), "no cluster answers");
+        assert!(
+            ticks >= 100,
+            "the runtime's only worker ticked {ticks} times in the 10 s metadata wait"
+        );
     }
 }

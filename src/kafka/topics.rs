@@ -8,7 +8,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::Config;
 
 /// Dead letters and rejected events wait for an operator: keep them 30 days.
 const LONG_RETENTION_MS: &str = "2592000000";
@@ -49,7 +49,7 @@ impl Topics {
         }
     }
 
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub fn from_config(settings: &Config) -> Self {
         Self::new(&settings.kafka.topic_prefix, settings.retry.delays.len())
     }
 
@@ -81,7 +81,7 @@ impl Topics {
 /// Waits for the cluster and creates the missing topics, retrying with back-off; `false`
 /// when `shutdown` came first.
 pub async fn set_up(
-    settings: &Settings,
+    settings: &Config,
     topics: &Topics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<bool> {

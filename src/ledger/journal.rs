@@ -35,7 +35,7 @@ impl Journal {
         let (queue, queued) = mpsc::unbounded_channel();
         tokio::spawn(run(
             queued,
-            Destination {
+            Sink {
                 topic,
                 output,
                 ledger,
@@ -61,13 +61,13 @@ impl Journal {
 }
 
 /// Where a batch goes, and the ledger that learns what was written.
-struct Destination {
+struct Sink {
     topic: String,
     output: Arc<Output>,
     ledger: Arc<Ledger>,
 }
 
-async fn run(mut queued: mpsc::UnboundedReceiver<Waiting>, to: Destination) {
+async fn run(mut queued: mpsc::UnboundedReceiver<Waiting>, to: Sink) {
     let to = Arc::new(to);
     let writes = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
     let mut carried = None;
@@ -93,7 +93,7 @@ async fn run(mut queued: mpsc::UnboundedReceiver<Waiting>, to: Destination) {
     }
 }
 
-async fn write(batch: Vec<Waiting>, to: Arc<Destination>, _permit: OwnedSemaphorePermit) {
+async fn write(batch: Vec<Waiting>, to: Arc<Sink>, _permit: OwnedSemaphorePermit) {
     let key = batch[0].handled.delivery_id.clone();
     let payload = batch_json(batch.iter().map(|w| w.json.as_slice()));
     let written = to

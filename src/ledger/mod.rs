@@ -14,7 +14,7 @@
 //!   handled already — the offset was not committed before a crash or a rebalance, or the
 //!   router read the event twice — or the delivery was delivered: nothing is sent;
 //! - **superseded**: a problem whose incident's recovery (same channel, same
-//!   [`dedup_key`](crate::render::pagerduty::dedup_key), `occurred_at` not earlier) was
+//!   [incident key](crate::model::incident_key), `occurred_at` not earlier) was
 //!   already delivered: dropped, so nobody is told "down" after "recovered";
 //! - otherwise the attempt is made.
 //!
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::model::DeliveryRecord;
+use crate::model::{DeliveryRecord, Fate};
 
 mod journal;
 pub use journal::Journal;
@@ -43,15 +43,9 @@ pub struct HandledBatch {
     pub handled: Vec<Handled>,
 }
 
-/// The entries of a `P.handled` record's value: a batch, or one entry as versions before
-/// batches wrote. The error is the batch's.
+/// The entries of a `P.handled` record's value.
 pub fn entries_of(payload: &[u8]) -> Result<Vec<Handled>, serde_json::Error> {
-    match serde_json::from_slice::<HandledBatch>(payload) {
-        Ok(batch) => Ok(batch.handled),
-        Err(error) => serde_json::from_slice::<Handled>(payload)
-            .map(|one| vec![one])
-            .map_err(|_| error),
-    }
+    serde_json::from_slice::<HandledBatch>(payload).map(|batch| batch.handled)
 }
 
 /// What became of one delivery record.
@@ -65,37 +59,50 @@ pub struct Handled {
     pub replayed_at: Option<DateTime<Utc>>,
     /// How many attempts the record carried when it was read (0 on `P.deliveries`).
     pub attempts_before: u32,
-    pub next: Next,
-    /// The incident the event opens or resolves (its PagerDuty `dedup_key`).
+    /// How many skips (not let through to its destination) it carried when it was read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skips_before: u32,
+    pub next: Fate,
+    /// The incident the event opens or resolves ([`crate::model::incident_key`], PagerDuty's `dedup_key`).
     pub incident: String,
     pub recovery: bool,
     pub occurred_at: DateTime<Utc>,
     pub at: DateTime<Utc>,
 }
 
-/// What became of a handled record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Next {
-    Delivered,
-    Retry,
-    DeadLettered,
-    /// The channel was removed or disabled.
-    Dropped,
-    /// A problem whose recovery was delivered first.
-    Superseded,
+/// Where a delivery record stood when it was read: with its `delivery_id` (and
+/// `replayed_at`), it names that one record among the copies a delivery leaves in the tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Read {
+    pub attempts: u32,
+    pub skips: u32,
+}
+
+impl Read {
+    pub fn of(record: &DeliveryRecord) -> Self {
+        Self {
+            attempts: record.attempts.len() as u32,
+            skips: record.skips,
+        }
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Handled {
-    pub fn of(record: &DeliveryRecord, attempts_before: u32, next: Next) -> Self {
+    /// What became (`next`) of `record`, which stood at `read` when it was read.
+    pub fn of(record: &DeliveryRecord, read: Read, next: Fate) -> Self {
         Self {
             delivery_id: record.delivery_id.clone(),
             account_id: record.account_id.clone(),
             channel_id: record.channel_id.clone(),
             replayed_at: record.replayed_at,
-            attempts_before,
+            attempts_before: read.attempts,
+            skips_before: read.skips,
             next,
-            incident: crate::render::pagerduty::dedup_key(&record.event),
+            incident: crate::model::incident_key(&record.event),
             recovery: record.event.is_recovery(),
             occurred_at: record.event.occurred_at(),
             at: Utc::now(),
@@ -131,11 +138,7 @@ pub struct Claim<'a> {
 impl InFlight {
     /// Claims `record`'s identity, first waiting while another copy holds it.
     pub async fn claim(&self, record: &DeliveryRecord) -> Claim<'_> {
-        let id = read_id(
-            &record.delivery_id,
-            record.replayed_at,
-            record.attempts.len() as u32,
-        );
+        let id = read_id(&record.delivery_id, record.replayed_at, Read::of(record));
         loop {
             let held = {
                 let mut claims = self.claims.lock().expect("in-flight lock");
@@ -193,14 +196,19 @@ fn id(parts: &[&[u8]]) -> Id {
     u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"))
 }
 
-fn read_id(delivery_id: &str, replayed_at: Option<DateTime<Utc>>, attempts: u32) -> Id {
-    let replay = replayed_at.map(|t| t.timestamp_micros()).unwrap_or(0);
-    id(&[
-        b"read",
-        delivery_id.as_bytes(),
-        &replay.to_be_bytes(),
-        &attempts.to_be_bytes(),
-    ])
+fn read_id(delivery_id: &str, replayed_at: Option<DateTime<Utc>>, read: Read) -> Id {
+    let replay = replayed_at
+        .map(|t| t.timestamp_micros())
+        .unwrap_or(0)
+        .to_be_bytes();
+    let (attempts, skips) = (read.attempts.to_be_bytes(), read.skips.to_be_bytes());
+    let identity: [&[u8]; 4] = [b"read", delivery_id.as_bytes(), &replay, &attempts];
+    if read.skips == 0 {
+        // The identity entries had before skips were recorded apart.
+        id(&identity)
+    } else {
+        id(&[&identity[..], &[&skips[..]]].concat())
+    }
 }
 
 fn delivered_id(delivery_id: &str) -> Id {
@@ -254,8 +262,7 @@ impl Ledger {
         }
     }
 
-    /// Applies one record of `P.handled`: a batch, or one entry as versions before batches
-    /// wrote. Entries older than the window, or unreadable records, are skipped (an
+    /// Applies one record of `P.handled` (a batch). Entries older than the window, or unreadable records, are skipped (an
     /// unreadable one only means a repeat may not be recognised).
     pub fn apply_bytes(&self, payload: Option<&[u8]>) {
         let Some(payload) = payload else { return };
@@ -281,9 +288,12 @@ impl Ledger {
         let read = seen(read_id(
             &handled.delivery_id,
             handled.replayed_at,
-            handled.attempts_before,
+            Read {
+                attempts: handled.attempts_before,
+                skips: handled.skips_before,
+            },
         ));
-        let delivered = (handled.next == Next::Delivered).then(|| {
+        let delivered = (handled.next == Fate::Delivered).then(|| {
             let recovery = handled.recovery.then(|| Entry {
                 id: incident_id(&handled.channel_id, &handled.account_id, &handled.incident),
                 at,
@@ -304,11 +314,7 @@ impl Ledger {
 
     /// Whether to attempt `record`.
     pub fn verdict(&self, record: &DeliveryRecord) -> Verdict {
-        let read = read_id(
-            &record.delivery_id,
-            record.replayed_at,
-            record.attempts.len() as u32,
-        );
+        let read = read_id(&record.delivery_id, record.replayed_at, Read::of(record));
         let delivered = delivered_id(&record.delivery_id);
         let seen = {
             let entries = self.entries.lock().expect("ledger lock");
@@ -330,7 +336,7 @@ impl Ledger {
         if record.event.is_recovery() {
             return false;
         }
-        let incident = crate::render::pagerduty::dedup_key(&record.event);
+        let incident = crate::model::incident_key(&record.event);
         let key = incident_id(&record.channel_id, &record.account_id, &incident);
         let occurred_at = record.event.occurred_at().timestamp_micros();
         let entries = self.entries.lock().expect("ledger lock");

@@ -31,7 +31,17 @@ fn a_handled_record_is_a_repeat_and_its_next_tier_is_not() {
     let ledger = ledger();
     let first = record("monitor.down", "e1", "2025-01-15T10:30:00Z", "hook");
     assert_eq!(ledger.verdict(&first), Verdict::Attempt);
-    ledger.apply(&Handled::of(&first, 0, Next::Retry), Utc::now());
+    ledger.apply(
+        &Handled::of(
+            &first,
+            Read {
+                attempts: 0,
+                skips: 0,
+            },
+            Fate::Retried,
+        ),
+        Utc::now(),
+    );
     assert_eq!(ledger.verdict(&first), Verdict::Repeat, "read again");
     let second = retried(first.clone());
     assert_eq!(
@@ -39,7 +49,17 @@ fn a_handled_record_is_a_repeat_and_its_next_tier_is_not() {
         Verdict::Attempt,
         "the retry itself"
     );
-    ledger.apply(&Handled::of(&second, 1, Next::Delivered), Utc::now());
+    ledger.apply(
+        &Handled::of(
+            &second,
+            Read {
+                attempts: 1,
+                skips: 0,
+            },
+            Fate::Delivered,
+        ),
+        Utc::now(),
+    );
     assert_eq!(ledger.verdict(&second), Verdict::Repeat);
     assert_eq!(
         ledger.verdict(&first),
@@ -54,10 +74,30 @@ fn a_handled_record_is_a_repeat_and_its_next_tier_is_not() {
 fn a_replay_is_a_new_run() {
     let ledger = ledger();
     let first = record("monitor.down", "e1", "2025-01-15T10:30:00Z", "hook");
-    ledger.apply(&Handled::of(&first, 0, Next::DeadLettered), Utc::now());
+    ledger.apply(
+        &Handled::of(
+            &first,
+            Read {
+                attempts: 0,
+                skips: 0,
+            },
+            Fate::DeadLettered,
+        ),
+        Utc::now(),
+    );
     let replay = first.replayed();
     assert_eq!(ledger.verdict(&replay), Verdict::Attempt);
-    ledger.apply(&Handled::of(&replay, 0, Next::Retry), Utc::now());
+    ledger.apply(
+        &Handled::of(
+            &replay,
+            Read {
+                attempts: 0,
+                skips: 0,
+            },
+            Fate::Retried,
+        ),
+        Utc::now(),
+    );
     assert_eq!(ledger.verdict(&replay), Verdict::Repeat);
 }
 
@@ -69,14 +109,31 @@ fn a_problem_after_its_delivered_recovery_is_superseded() {
     let ssl = record("monitor.ssl_expiring", "e2", "2025-01-15T10:29:00Z", "hook");
     let up = record("monitor.recovered", "e3", "2025-01-15T10:35:00Z", "hook");
     let elsewhere = record("monitor.down", "e1", "2025-01-15T10:30:00Z", "pd");
-    ledger.apply(&Handled::of(&up, 0, Next::Retry), Utc::now());
+    ledger.apply(
+        &Handled::of(
+            &up,
+            Read {
+                attempts: 0,
+                skips: 0,
+            },
+            Fate::Retried,
+        ),
+        Utc::now(),
+    );
     assert_eq!(
         ledger.verdict(&down),
         Verdict::Attempt,
         "a recovery still retrying supersedes nothing"
     );
     ledger.apply(
-        &Handled::of(&retried(up.clone()), 1, Next::Delivered),
+        &Handled::of(
+            &retried(up.clone()),
+            Read {
+                attempts: 1,
+                skips: 0,
+            },
+            Fate::Delivered,
+        ),
         Utc::now(),
     );
     assert_eq!(ledger.verdict(&down), Verdict::Superseded);
@@ -108,7 +165,14 @@ fn forgets_past_the_window_and_beyond_capacity() {
             )
         })
         .collect();
-    let mut old = Handled::of(&records[0], 0, Next::Retry);
+    let mut old = Handled::of(
+        &records[0],
+        Read {
+            attempts: 0,
+            skips: 0,
+        },
+        Fate::Retried,
+    );
     old.at = now - chrono::Duration::seconds(61);
     ledger.apply(&old, now);
     assert_eq!(
@@ -117,7 +181,17 @@ fn forgets_past_the_window_and_beyond_capacity() {
         "older than the window"
     );
     for r in &records[1..] {
-        ledger.apply(&Handled::of(r, 0, Next::Retry), now);
+        ledger.apply(
+            &Handled::of(
+                r,
+                Read {
+                    attempts: 0,
+                    skips: 0,
+                },
+                Fate::Retried,
+            ),
+            now,
+        );
     }
     assert_eq!(ledger.len(), 3);
     assert_eq!(
@@ -127,7 +201,14 @@ fn forgets_past_the_window_and_beyond_capacity() {
     );
     assert_eq!(ledger.verdict(&records[4]), Verdict::Repeat);
     let later = now + chrono::Duration::seconds(120);
-    let mut fresh = Handled::of(&records[0], 0, Next::Retry);
+    let mut fresh = Handled::of(
+        &records[0],
+        Read {
+            attempts: 0,
+            skips: 0,
+        },
+        Fate::Retried,
+    );
     fresh.at = later;
     ledger.apply(&fresh, later);
     assert_eq!(
@@ -143,7 +224,10 @@ fn forgets_past_the_window_and_beyond_capacity() {
 fn records_round_trip_and_garbage_is_skipped() {
     let ledger = ledger();
     let r = record("monitor.down", "e1", "2025-01-15T10:30:00Z", "hook");
-    let bytes = serde_json::to_vec(&Handled::of(&r, 0, Next::Delivered)).unwrap();
+    let batch = HandledBatch {
+        handled: vec![Handled::of(&r, Read::of(&r), Fate::Delivered)],
+    };
+    let bytes = serde_json::to_vec(&batch).unwrap();
     ledger.apply_bytes(Some(b"not json"));
     ledger.apply_bytes(None);
     assert!(ledger.is_empty());
@@ -170,7 +254,17 @@ async fn a_second_copy_waits_for_the_first_then_is_a_repeat() {
         rx.try_recv().is_err(),
         "the copy waits while the first is in flight"
     );
-    ledger.apply(&Handled::of(&record, 0, Next::Delivered), Utc::now());
+    ledger.apply(
+        &Handled::of(
+            &record,
+            Read {
+                attempts: 0,
+                skips: 0,
+            },
+            Fate::Delivered,
+        ),
+        Utc::now(),
+    );
     drop(first);
     copy.await.unwrap();
     assert_eq!(rx.recv().await, Some(Verdict::Repeat));
@@ -187,25 +281,22 @@ fn record_of_attempts(record: &DeliveryRecord, n: usize) -> DeliveryRecord {
 }
 
 #[test]
-fn a_batch_and_a_single_entry_are_both_read() {
+fn a_batch_is_read_whole() {
     let ledger = ledger();
-    let (a, b, c) = (
+    let (a, b) = (
         record("monitor.down", "e1", "2025-01-15T10:30:00Z", "hook"),
         record("monitor.down", "e2", "2025-01-15T10:30:00Z", "hook"),
-        record("monitor.down", "e3", "2025-01-15T10:30:00Z", "hook"),
     );
     let batch = HandledBatch {
         handled: vec![
-            Handled::of(&a, 0, Next::Delivered),
-            Handled::of(&b, 0, Next::Retry),
+            Handled::of(&a, Read::of(&a), Fate::Delivered),
+            Handled::of(&b, Read::of(&b), Fate::Retried),
         ],
     };
     ledger.apply_bytes(Some(&serde_json::to_vec(&batch).unwrap()));
-    let single = serde_json::to_vec(&Handled::of(&c, 0, Next::Delivered)).unwrap();
-    ledger.apply_bytes(Some(&single));
     ledger.apply_bytes(Some(b"not json"));
     ledger.apply_bytes(None);
-    for record in [&a, &b, &c] {
+    for record in [&a, &b] {
         assert_eq!(
             ledger.verdict(record),
             Verdict::Repeat,
@@ -237,11 +328,43 @@ fn a_full_ledger_does_not_grow_its_tables() {
             "hook",
         );
         // Delivered: two entries each (the read and the delivery).
-        ledger.apply(&Handled::of(&r, 0, Next::Delivered), now);
+        ledger.apply(
+            &Handled::of(
+                &r,
+                Read {
+                    attempts: 0,
+                    skips: 0,
+                },
+                Fate::Delivered,
+            ),
+            now,
+        );
     }
     assert_eq!(ledger.len(), capacity);
     let after = room(&ledger);
     assert_eq!(after.0, before.0, "the order is allocated once, at start");
     // The set clears its deleted slots at the same size: it never takes more room.
     assert!(after.1 <= before.1, "{after:?} after {before:?}");
+}
+
+#[test]
+fn a_skipped_record_is_read_again_and_is_no_repeat() {
+    let ledger = ledger();
+    let first = record("monitor.down", "e1", "2025-01-15T10:30:00Z", "hook");
+    ledger.apply(
+        &Handled::of(&first, Read::of(&first), Fate::Retried),
+        Utc::now(),
+    );
+    let mut skipped = first.clone();
+    skipped.skips = 1;
+    assert_eq!(
+        ledger.verdict(&skipped),
+        Verdict::Attempt,
+        "the copy written after a skip carries as many attempts as the one read before it"
+    );
+    ledger.apply(
+        &Handled::of(&skipped, Read::of(&skipped), Fate::Retried),
+        Utc::now(),
+    );
+    assert_eq!(ledger.verdict(&skipped), Verdict::Repeat);
 }

@@ -25,9 +25,14 @@ pub struct DeliveryRecord {
     /// A retry tier does not attempt the delivery before this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
-    /// Every attempt made so far, oldest first.
+    /// Every attempt made so far, oldest first: requests (or SMTP transactions) made.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// Times the delivery was due but not let through to its destination (busy, open
+    /// circuit). A skip is no attempt: it moves the delivery to a retry tier without using up
+    /// a retry.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skips: u32,
     /// Email recipients reached before `attempts` began (kept when a dead letter is replayed
     /// with a fresh attempt count, so nobody gets the alert twice).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -71,6 +76,40 @@ pub struct Attempt {
     pub reached: Vec<String>,
 }
 
+/// What became of a delivery record read from a delivery topic: written to `P.handled` (see
+/// `crate::ledger`) and counted in `sysmos_notify_deliveries_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fate {
+    Delivered,
+    /// Written to a retry tier: after a failure that may pass, or not let through to its
+    /// destination (busy, open circuit).
+    #[serde(rename = "retry")] // the name `P.handled` has always carried
+    Retried,
+    DeadLettered,
+    /// The channel was removed, disabled or left without a verified recipient: nothing sent.
+    Dropped,
+    /// A problem whose recovery was delivered on the channel first: nothing sent.
+    Superseded,
+    /// Handled before (re-read after a crash or rebalance, or an event read twice): nothing
+    /// sent, and nothing written to `P.handled`.
+    Duplicate,
+}
+
+impl Fate {
+    /// The `outcome` label of `sysmos_notify_deliveries_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fate::Delivered => "delivered",
+            Fate::Retried => "retried",
+            Fate::DeadLettered => "dead_lettered",
+            Fate::Dropped => "dropped",
+            Fate::Superseded => "superseded",
+            Fate::Duplicate => "duplicate",
+        }
+    }
+}
+
 /// What `P.reports` holds for a delivery with `report` set: one attempt and what follows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptReport {
@@ -107,6 +146,7 @@ impl DeliveryRecord {
             created_at: now,
             not_before: None,
             attempts: Vec::new(),
+            skips: 0,
             reached: Vec::new(),
             replayed_at: None,
             report: false,
@@ -128,6 +168,7 @@ impl DeliveryRecord {
         let mut fresh = self.clone();
         fresh.reached = self.reached_so_far().map(str::to_owned).collect();
         fresh.attempts.clear();
+        fresh.skips = 0;
         fresh.not_before = None;
         fresh.replayed_at = Some(Utc::now());
         fresh
@@ -139,10 +180,19 @@ impl DeliveryRecord {
         delivery_key(&self.account_id, &self.channel_id)
     }
 
+    /// Whether a request was made and never answered: the provider may have acted on it.
+    pub fn had_unanswered_attempt(&self) -> bool {
+        self.attempts.iter().any(|a| a.status.is_none())
+    }
+
     /// The number the next attempt will carry (1 for the first).
     pub fn next_attempt(&self) -> u32 {
         self.attempts.len() as u32 + 1
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub fn delivery_key(account_id: &str, channel_id: &str) -> String {

@@ -3,8 +3,10 @@
 
 pub mod delivery;
 pub mod event;
+mod incident;
 pub mod settings;
 
-pub use delivery::{Attempt, AttemptOutcome, AttemptReport, DeadLetter, DeliveryRecord};
+pub use delivery::{Attempt, AttemptOutcome, AttemptReport, DeadLetter, DeliveryRecord, Fate};
 pub use event::{Event, Severity};
+pub use incident::incident_key;
 pub use settings::{AccountSettings, Channel, ChannelKind, Secret};

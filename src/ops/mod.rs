@@ -15,7 +15,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::config::{KafkaSettings, Settings};
+use crate::config::{Config, KafkaConfig};
 use crate::kafka::client;
 use crate::kafka::topics::Topics;
 use crate::metrics::Metrics;
@@ -26,19 +26,19 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A command's connection to the cluster: the service's topic names and a producer.
 pub struct Ops {
-    pub settings: Settings,
+    pub config: Config,
     pub topics: Topics,
     pub producer: FutureProducer,
 }
 
 impl Ops {
     /// Connects and makes sure the service's topics exist (as the service would).
-    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        let topics = Topics::from_settings(&settings);
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        let topics = Topics::from_config(&config);
         let shutdown = crate::shutdown::on_signal();
         let ready = tokio::time::timeout(
             KAFKA_TIMEOUT,
-            crate::kafka::topics::set_up(&settings, &topics, &shutdown),
+            crate::kafka::topics::set_up(&config, &topics, &shutdown),
         )
         .await;
         match ready {
@@ -47,12 +47,12 @@ impl Ops {
             Ok(Err(error)) => return Err(error),
             Err(_) => anyhow::bail!(
                 "Kafka at {} did not answer within {KAFKA_TIMEOUT:?}; check kafka.brokers",
-                settings.kafka.brokers
+                config.kafka.brokers
             ),
         }
-        let producer = client::producer(&settings.kafka).create()?;
+        let producer = client::producer(&config.kafka).create()?;
         Ok(Self {
-            settings,
+            config,
             topics,
             producer,
         })
@@ -60,7 +60,7 @@ impl Ops {
 
     /// Every record of `topic` from the beginning up to the end offsets seen now.
     pub fn read(&self, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
-        read_topic(&self.settings.kafka, topic)
+        read_topic(&self.config.kafka, topic)
     }
 
     /// The settings cache as the service would hold it now.
@@ -86,7 +86,7 @@ impl Ops {
 }
 
 /// Reads every partition of `topic` from the beginning to its current end, oldest first.
-pub fn read_topic(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer =
         client::reader(kafka, &format!("{}.ops", kafka.group_id)).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;

@@ -119,7 +119,7 @@ pub async fn send_test(
 
 /// A reader of `P.reports` positioned at each partition's current end.
 fn reports_from_now(ops: &Ops) -> anyhow::Result<BaseConsumer> {
-    let kafka = &ops.settings.kafka;
+    let kafka = &ops.config.kafka;
     let topic = &ops.topics.reports;
     let consumer: BaseConsumer =
         client::reader(kafka, &format!("{}.ops", kafka.group_id)).create()?;

@@ -1,15 +1,15 @@
-//! Retry tiers as data: after an attempt in tier `k` (0 = `P.deliveries`), where does the
-//! delivery go next? `consumer` is the loop that attempts deliveries and applies the plan.
-
-pub mod consumer;
+//! The retry tiers as data: after an attempt, or a skip, where does a delivery go next?
+//! Tier `k` (`P.retry.k`) holds a delivery that has failed `k` attempts (or, after a skip, is
+//! waiting with fewer) and waits `retry.delays[k - 1]`; tier 0 is `P.deliveries`.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::delivery::Outcome;
+use crate::model::Fate;
 
-/// Where a delivery goes after an attempt.
+/// Where a delivery goes next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     Done,
@@ -23,17 +23,25 @@ pub enum Step {
     },
 }
 
-/// The plan: a failure that may pass goes one tier up and waits that tier's delay (or the
-/// provider's `Retry-After` when longer); past the last tier, or when it will not pass, the DLQ.
-/// A delivery `deferred` because its destination was busy (at its in-flight cap, answering,
-/// just slowly) was not attempted: past the last tier it waits in the last tier again rather
-/// than being dead-lettered, so a slow but healthy provider in a storm loses nothing to the DLQ.
+impl Step {
+    /// What becomes of the record read.
+    pub fn fate(&self) -> Fate {
+        match self {
+            Step::Done => Fate::Delivered,
+            Step::Retry { .. } => Fate::Retried,
+            Step::DeadLetter { .. } => Fate::DeadLettered,
+        }
+    }
+}
+
+/// The plan after attempt number `attempts` (1 for the first): a failure that may pass goes
+/// to tier `attempts` and waits its delay (or the provider's `Retry-After` when longer); past
+/// the last tier, or when it will not pass, the DLQ.
 pub fn next_step(
     outcome: &Outcome,
-    tier: usize,
+    attempts: u32,
     delays: &[Duration],
     now: DateTime<Utc>,
-    deferred: bool,
 ) -> Step {
     match outcome {
         Outcome::Delivered { .. } => Step::Done,
@@ -42,136 +50,128 @@ pub fn next_step(
         },
         Outcome::Retry {
             error, retry_after, ..
-        } => match delays.get(tier).or(delays.last().filter(|_| deferred)) {
-            Some(delay) => {
-                let wait = retry_after.map_or(*delay, |r| r.max(*delay));
-                let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-                Step::Retry {
-                    tier: (tier + 1).min(delays.len()),
-                    not_before: now + wait,
+        } => {
+            let tier = attempts as usize;
+            match tier.checked_sub(1).and_then(|i| delays.get(i)) {
+                Some(delay) => {
+                    let wait = retry_after.map_or(*delay, |r| r.max(*delay));
+                    Step::Retry {
+                        tier,
+                        not_before: now + chrono_duration(wait),
+                    }
                 }
+                None => Step::DeadLetter {
+                    reason: format!("gave up after {attempts} attempts; last error: {error}"),
+                },
             }
-            None => Step::DeadLetter {
-                reason: format!("gave up after {} attempts; last error: {error}", tier + 1),
-            },
-        },
+        }
     }
+}
+
+/// The plan for a delivery that was due but not let through to its destination (busy, open
+/// circuit), after `attempts` real attempts. A skip uses up no retry and never dead-letters:
+/// it waits in the tier of its attempts (at least the first, at most the last), so a slow
+/// but healthy provider in a storm loses nothing to the DLQ. With no tiers there is nowhere
+/// to wait.
+pub fn after_skip(reason: &str, attempts: u32, delays: &[Duration], now: DateTime<Utc>) -> Step {
+    if delays.is_empty() {
+        return Step::DeadLetter {
+            reason: format!("{reason}; no retry tier to wait in (retry.delays is empty)"),
+        };
+    }
+    let tier = (attempts as usize).clamp(1, delays.len());
+    Step::Retry {
+        tier,
+        not_before: now + chrono_duration(delays[tier - 1]),
+    }
+}
+
+fn chrono_duration(wait: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const DELAYS: [Duration; 3] = [
+        Duration::from_secs(15),
+        Duration::from_secs(60),
+        Duration::from_secs(240),
+    ];
+
+    fn retry(tier: usize, now: DateTime<Utc>, secs: i64) -> Step {
+        Step::Retry {
+            tier,
+            not_before: now + chrono::Duration::seconds(secs),
+        }
+    }
+
     #[test]
     fn tiers_then_dead_letter() {
-        let delays = [
-            Duration::from_secs(15),
-            Duration::from_secs(60),
-            Duration::from_secs(240),
-        ];
         let now = Utc::now();
         let fail = Outcome::retry("HTTP 500");
-        assert_eq!(
-            next_step(&fail, 0, &delays, now, false),
-            Step::Retry {
-                tier: 1,
-                not_before: now + chrono::Duration::seconds(15)
-            }
-        );
-        assert_eq!(
-            next_step(&fail, 1, &delays, now, false),
-            Step::Retry {
-                tier: 2,
-                not_before: now + chrono::Duration::seconds(60)
-            }
-        );
-        assert_eq!(
-            next_step(&fail, 2, &delays, now, false),
-            Step::Retry {
-                tier: 3,
-                not_before: now + chrono::Duration::seconds(240)
-            }
-        );
-        let Step::DeadLetter { reason } = next_step(&fail, 3, &delays, now, false) else {
+        assert_eq!(next_step(&fail, 1, &DELAYS, now), retry(1, now, 15));
+        assert_eq!(next_step(&fail, 2, &DELAYS, now), retry(2, now, 60));
+        assert_eq!(next_step(&fail, 3, &DELAYS, now), retry(3, now, 240));
+        let Step::DeadLetter { reason } = next_step(&fail, 4, &DELAYS, now) else {
             panic!()
         };
         assert!(
             reason.contains("4 attempts") && reason.contains("HTTP 500"),
             "{reason}"
         );
-        assert_eq!(
-            next_step(
-                &Outcome::Delivered { status: Some(200) },
-                2,
-                &delays,
-                now,
-                false
-            ),
-            Step::Done
-        );
+        let delivered = Outcome::Delivered { status: Some(200) };
+        assert_eq!(next_step(&delivered, 3, &DELAYS, now), Step::Done);
         assert!(matches!(
-            next_step(&Outcome::permanent("HTTP 400"), 0, &delays, now, false),
+            next_step(&Outcome::permanent("HTTP 400"), 1, &DELAYS, now),
             Step::DeadLetter { .. }
         ));
         assert!(
-            matches!(
-                next_step(&fail, 0, &[], now, false),
-                Step::DeadLetter { .. }
-            ),
+            matches!(next_step(&fail, 1, &[], now), Step::DeadLetter { .. }),
             "no tiers: straight to the DLQ"
         );
     }
 
     #[test]
-    fn a_busy_destination_never_sends_a_delivery_to_the_dlq() {
-        let delays = [Duration::from_secs(15), Duration::from_secs(60)];
+    fn a_skip_waits_in_the_tier_of_its_attempts_and_never_dead_letters() {
         let now = Utc::now();
-        let busy = Outcome::retry("destination busy");
-        assert_eq!(
-            next_step(&busy, 2, &delays, now, true),
-            Step::Retry {
-                tier: 2,
-                not_before: now + chrono::Duration::seconds(60)
-            },
-            "waits in the last tier again"
-        );
-        assert!(matches!(
-            next_step(&busy, 2, &delays, now, false),
-            Step::DeadLetter { .. }
-        ));
-        assert!(
-            matches!(next_step(&busy, 0, &[], now, true), Step::DeadLetter { .. }),
-            "no tiers at all: nowhere to wait"
-        );
+        let busy = "not attempted: destination busy";
+        let table = [
+            (0, retry(1, now, 15)),
+            (1, retry(1, now, 15)),
+            (2, retry(2, now, 60)),
+        ];
+        for (attempts, expected) in table {
+            assert_eq!(
+                after_skip(busy, attempts, &DELAYS, now),
+                expected,
+                "{attempts}"
+            );
+        }
+        for attempts in [3, 4, 40] {
+            assert_eq!(
+                after_skip(busy, attempts, &DELAYS, now),
+                retry(3, now, 240),
+                "past the last tier it waits in the last tier again"
+            );
+        }
+        let Step::DeadLetter { reason } = after_skip(busy, 0, &[], now) else {
+            panic!("no tiers at all: nowhere to wait")
+        };
+        assert!(reason.starts_with(busy), "{reason}");
     }
 
     #[test]
     fn retry_after_only_lengthens_the_wait() {
         let delays = [Duration::from_secs(15)];
         let now = Utc::now();
-        let slow = Outcome::Retry {
+        let answer = |secs| Outcome::Retry {
             status: Some(429),
             error: "HTTP 429".into(),
-            retry_after: Some(Duration::from_secs(90)),
+            retry_after: Some(Duration::from_secs(secs)),
         };
-        assert_eq!(
-            next_step(&slow, 0, &delays, now, false),
-            Step::Retry {
-                tier: 1,
-                not_before: now + chrono::Duration::seconds(90)
-            }
-        );
-        let fast = Outcome::Retry {
-            status: Some(429),
-            error: "HTTP 429".into(),
-            retry_after: Some(Duration::from_secs(1)),
-        };
-        assert_eq!(
-            next_step(&fast, 0, &delays, now, false),
-            Step::Retry {
-                tier: 1,
-                not_before: now + chrono::Duration::seconds(15)
-            }
-        );
+        assert_eq!(next_step(&answer(90), 1, &delays, now), retry(1, now, 90));
+        assert_eq!(next_step(&answer(1), 1, &delays, now), retry(1, now, 15));
     }
 }

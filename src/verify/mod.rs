@@ -72,13 +72,13 @@ pub fn wanted(settings: &AccountSettings) -> Vec<(String, Secret)> {
     out
 }
 
-/// The marker keys read from `P.verifications`.
+/// The marker keys of `P.verifications`: the verification emails already handled.
 #[derive(Default)]
-pub struct Sent {
+pub struct Markers {
     keys: Mutex<HashSet<String>>,
 }
 
-impl Sent {
+impl Markers {
     /// Applies one record of `P.verifications` (a tombstone forgets the key).
     pub fn apply(&self, key: Option<&[u8]>, value: Option<&[u8]>) {
         let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
@@ -131,7 +131,7 @@ mod tests {
             ]
         );
         assert_ne!(marker_key("a@x", "u1"), marker_key("a@x", "u2"));
-        let sent = Sent::default();
+        let sent = Markers::default();
         let key = marker_key("a@x", "u1");
         sent.apply(Some(key.as_bytes()), Some(b"{}"));
         assert!(sent.contains(&key));

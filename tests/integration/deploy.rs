@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde::Deserialize;
 use serde_yaml::Value as Yaml;
-use sysmos_notify::config::Settings;
+use sysmos_notify::config::Config;
 use sysmos_notify::kafka::topics::Topics;
 use sysmos_notify::metrics::Metrics;
 
@@ -197,7 +197,7 @@ fn kubernetes_manifests_reference_each_other() {
         map["data"]["sysmos-notify.toml"].as_str().unwrap(),
     )
     .unwrap();
-    let settings = Settings::load_with_env(Some(file.path()), std::iter::empty())
+    let settings = Config::load_with_env(Some(file.path()), std::iter::empty())
         .expect("the ConfigMap's configuration is valid");
     let mount = &container["volumeMounts"][0];
     assert_eq!(mount["name"], volume["name"]);
@@ -269,7 +269,7 @@ fn kubernetes_manifests_reference_each_other() {
     );
 
     // The topics are exactly the service's, with the settings they need.
-    let topics = Topics::from_settings(&settings);
+    let topics = Topics::from_config(&settings);
     let declared: HashMap<String, &Yaml> = all
         .iter()
         .filter(|((kind, _), _)| kind == "KafkaTopic")
@@ -353,10 +353,10 @@ fn compose_mounts_existing_files_and_creates_every_topic() {
         .map(|l| l.split_whitespace().next().unwrap().to_owned())
         .filter(|t| t.starts_with("sysmos.notify."))
         .collect();
-    let settings = Settings::load_with_env(
+    let settings = Config::load_with_env(
         Some(&root().join("deploy/sysmos-notify.toml")),
         std::iter::empty(),
     )
     .unwrap();
-    assert_eq!(created, owned_topics(&Topics::from_settings(&settings)));
+    assert_eq!(created, owned_topics(&Topics::from_config(&settings)));
 }

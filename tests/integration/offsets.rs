@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
-use sysmos_notify::config::Settings;
+use sysmos_notify::config::Config;
 use sysmos_notify::kafka::context::{commit_stored, finish, subscribed, ServiceContext};
 use sysmos_notify::metrics::Metrics;
 
@@ -20,7 +20,7 @@ async fn concurrent_finishes_store_the_low_water_mark() {
     let topic = format!("{name}.t");
     create_topic(&topic, 1).await;
     let group = format!("{name}-group");
-    let settings = Settings::load_with_env(
+    let settings = Config::load_with_env(
         None,
         [
             (
@@ -80,7 +80,7 @@ async fn concurrent_finishes_store_the_low_water_mark() {
         for thread in threads {
             thread.join().unwrap();
         }
-        commit_stored(&consumer, "test");
+        commit_stored(&consumer, "test").await;
         assert_eq!(
             committed(&group, &topic),
             (round + 1) * ROUND,

@@ -12,7 +12,7 @@ pub fn event_decode(data: &[u8]) {
     };
     let _ = (event.kind(), event.event_id(), event.account_id());
     let _ = (event.resource_id(), event.severity(), event.occurred_at());
-    let _ = sysmos_notify::render::pagerduty::dedup_key(&event);
+    let _ = sysmos_notify::model::incident_key(&event);
     assert!(serde_json::to_value(event.webhook_body())
         .unwrap()
         .get("event")

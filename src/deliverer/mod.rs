@@ -1,0 +1,134 @@
+//! The deliverer: consumes `P.deliveries` and every `P.retry.k` in the group
+//! `{group_id}.deliveries`, and hands each record to the per-record [`pipeline`], which attempts
+//! it and writes where it goes next ([`plan`]) before its offset is stored.
+//!
+//! This file is the consume-and-pause loop. A retry tier holds a delivery that is not yet due
+//! by pausing only its partition, so other partitions and topics keep flowing while it waits.
+
+mod pipeline;
+mod plan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::Consumer;
+use rdkafka::TopicPartitionList;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::delivery::Dispatcher;
+use crate::kafka::context::{next_owned, GroupConsumer};
+use crate::kafka::offsets::Position;
+use crate::kafka::producer::Output;
+use crate::kafka::topics::Topics;
+use crate::ledger::{InFlight, Journal, Ledger};
+use crate::metrics::Metrics;
+use crate::settings_cache::SettingsCache;
+
+pub struct Deliverer {
+    pub topics: Topics,
+    pub delays: Vec<Duration>,
+    pub cache: Arc<SettingsCache>,
+    pub dispatcher: Arc<Dispatcher>,
+    /// What became of recent delivery records (`P.handled`): repeats and superseded problems.
+    pub ledger: Arc<Ledger>,
+    /// Writes `P.handled`, in batches, and remembers in the ledger what it wrote.
+    pub journal: Journal,
+    /// The records being attempted here, so two copies are not sent at once.
+    pub in_flight: InFlight,
+    pub output: Arc<Output>,
+    pub metrics: Arc<Metrics>,
+    /// `delivery.max_in_flight` attempts (requests, SMTP transactions) at once in this process.
+    pub permits: Arc<Semaphore>,
+    /// Deliveries read and not yet finished: attempting, or writing where they go next.
+    /// [`UNFINISHED_PER_ATTEMPT`] times `permits`, so the writes, which wait on the broker,
+    /// do not hold attempt slots.
+    pub unfinished: Arc<Semaphore>,
+}
+
+/// Deliveries read and not yet finished, per attempt slot. A delivery holds an attempt slot
+/// only while its request is made; its outcome and `P.handled` are written and acknowledged
+/// before its offset is stored, without the slot (BENCHMARKS.md, "The fetch back-off and the
+/// attempt slot").
+pub const UNFINISHED_PER_ATTEMPT: usize = 2;
+
+impl Deliverer {
+    pub async fn run(
+        self: Arc<Self>,
+        consumer: Arc<GroupConsumer>,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
+        let tracker = TaskTracker::new();
+        while let Some((message, pos)) = next_owned(&consumer, &shutdown).await {
+            let record = match plan::decode(&message) {
+                Ok(record) => record,
+                Err(unreadable) => {
+                    let (this, consumer) = (self.clone(), consumer.clone());
+                    tracker.spawn(async move {
+                        this.quarantine(message, unreadable, consumer, pos).await
+                    });
+                    continue;
+                }
+            };
+            let wait = record
+                .not_before
+                .and_then(|due| (due - Utc::now()).to_std().ok())
+                .filter(|wait| !wait.is_zero());
+            if let Some(wait) = wait {
+                // Later records of this partition are due later still: hold the partition.
+                set_paused(&consumer, &pos, true);
+                let (this, consumer, shutdown) = (self.clone(), consumer.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    if !consumer.context().assignment.lock().expect("assignment lock").is_current(&pos) {
+                        tracing::debug!(topic = %pos.topic, partition = pos.partition, offset = pos.offset,
+                            "revoked while waiting; the next owner attempts it");
+                        return;
+                    }
+                    set_paused(&consumer, &pos, false);
+                    let unfinished = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        permit = this.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                    };
+                    this.handle(record, consumer, pos, unfinished, shutdown).await;
+                });
+                continue;
+            }
+            let unfinished = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = self.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            tracker.spawn(self.clone().handle(
+                record,
+                consumer.clone(),
+                pos,
+                unfinished,
+                shutdown.clone(),
+            ));
+        }
+        tracker.close();
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::warn!("deliveries still in flight at the drain deadline; they will be repeated after restart");
+        }
+    }
+}
+
+fn set_paused(consumer: &GroupConsumer, pos: &Position, paused: bool) {
+    tracing::debug!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, paused, "pause/resume");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&pos.topic, pos.partition);
+    let result = if paused {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(error) = result {
+        tracing::debug!(topic = %pos.topic, partition = pos.partition, %error, paused, "pause/resume not applied");
+    }
+}

@@ -1,0 +1,230 @@
+//! One delivery record, from read to stored offset: ask the ledger, attempt it (or learn it
+//! was skipped), let the retry plan decide, write the outputs, then `P.handled`, then store
+//! the offset. Every write is acknowledged before the next step; a stop in between leaves
+//! the offset unstored, so the record is read again after a restart.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{self, Outputs, Unreadable};
+use super::Deliverer;
+use crate::delivery::{pagerduty, Attempted, Outcome};
+use crate::kafka::context::{finish, GroupConsumer};
+use crate::kafka::offsets::Position;
+use crate::kafka::producer::OutRecord;
+use crate::ledger::{Handled, Read, Verdict};
+use crate::model::{incident_key, Channel, ChannelKind, DeliveryRecord, Fate};
+use crate::retry::{after_skip, next_step, Step};
+
+impl Deliverer {
+    /// Handles one record read from a delivery topic, holding `_unfinished` until its offset
+    /// may be stored.
+    pub(super) async fn handle(
+        self: Arc<Self>,
+        record: DeliveryRecord,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+        _unfinished: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        // Taken before the ledger is asked, so its verdict is fresh when the request is made.
+        let slot = tokio::select! {
+            // Not attempted: its offset is not stored, and the partition's next owner reads it.
+            _ = shutdown.cancelled() => return,
+            slot = self.permits.clone().acquire_owned() => slot.expect("semaphore never closed"),
+        };
+        // A copy of this record in flight here goes first; this one then asks the ledger.
+        let _claim = self.in_flight.claim(&record).await;
+        let (account, channel_id, id) =
+            (&record.account_id, &record.channel_id, &record.delivery_id);
+        let channel = self
+            .cache
+            .channel(&record.account_id, &record.channel_id)
+            .filter(|c| c.deliverable());
+        let fate = match (self.ledger.verdict(&record), channel) {
+            (Verdict::Repeat, _) => {
+                tracing::info!(account = %account, channel = %channel_id, delivery = %id,
+                    attempts_before = record.attempts.len(),
+                    "handled before (re-read after a restart or rebalance, or a repeated event); not sent again");
+                self.metrics.delivery(&record.channel_type, Fate::Duplicate);
+                finish(&consumer, &pos);
+                return;
+            }
+            (Verdict::Attempt, Some(channel)) => {
+                self.send(record, channel, consumer, pos, slot).await;
+                return;
+            }
+            (Verdict::Superseded, channel) => {
+                tracing::info!(account = %account, channel = %channel_id, delivery = %id, event = %record.event_type,
+                    "its incident's recovery was delivered on this channel already; problem dropped");
+                // An earlier attempt that got no answer may have opened the incident anyway.
+                if let (Some(channel), true) = (channel, record.had_unanswered_attempt()) {
+                    self.resolve_again(&channel, &record).await;
+                }
+                Fate::Superseded
+            }
+            (_, None) => {
+                tracing::info!(account = %account, channel = %channel_id, delivery = %id,
+                    "channel removed, disabled or without a verified recipient; delivery dropped");
+                Fate::Dropped
+            }
+        };
+        drop(slot);
+        if self
+            .journal
+            .record(Handled::of(&record, Read::of(&record), fate))
+            .await
+        {
+            self.metrics.delivery(&record.channel_type, fate);
+            finish(&consumer, &pos);
+        }
+    }
+
+    /// The attempt itself (unless the destination does not let it through), and the writes
+    /// of where the delivery goes next.
+    async fn send(
+        &self,
+        mut record: DeliveryRecord,
+        channel: Channel,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let read = Read::of(&record);
+        let kind = channel.kind.name();
+        let at = Utc::now();
+        let started = Instant::now();
+        let sent = self.dispatcher.send(&channel, &record).await;
+        let elapsed = started.elapsed();
+        let step = match &sent {
+            Err(skipped) => {
+                self.metrics.not_attempted(kind, skipped.label());
+                record.skips += 1;
+                let attempts = record.attempts.len() as u32;
+                after_skip(&skipped.to_string(), attempts, &self.delays, Utc::now())
+            }
+            Ok(Attempted {
+                outcome,
+                reached,
+                opened_circuit,
+            }) => {
+                self.metrics.request_duration(kind, elapsed.as_secs_f64());
+                if *opened_circuit {
+                    self.metrics.circuit_opened(kind);
+                    tracing::warn!(account = %record.account_id, channel = %record.channel_id, channel_type = kind,
+                        "circuit opened: this destination's deliveries wait in the retry tiers until a probe succeeds");
+                }
+                let number = record.next_attempt();
+                let attempt = plan::attempt_of(outcome, number, at, elapsed, reached.clone());
+                record.attempts.push(attempt);
+                let pagerduty = matches!(channel.kind, ChannelKind::PagerDuty { .. });
+                if pagerduty
+                    && matches!(outcome, Outcome::Delivered { .. })
+                    && self.ledger.overtaken(&record)
+                {
+                    self.resolve_again(&channel, &record).await;
+                }
+                next_step(outcome, number, &self.delays, Utc::now())
+            }
+        };
+        // The requests are over: the writes below wait on the broker, not on the provider.
+        drop(slot);
+        let Outputs { records, fate } =
+            plan::outputs(&mut record, &step, sent.is_ok(), &self.topics, Utc::now());
+        // The outcome first, then the record that it was handled: were `P.handled` taken and
+        // the next tier not (a kill between the two), the re-read record would be skipped and
+        // the delivery lost. The other way round, the worst is a repeat.
+        if !records.is_empty() && self.output.write(records).await.is_err() {
+            return; // stopping and the broker did not take it: not finished, repeated after restart
+        }
+        if !self.journal.record(Handled::of(&record, read, fate)).await {
+            return;
+        }
+        self.metrics.delivery(kind, fate);
+        log(&record, kind, &sent, &step, elapsed.as_millis() as u64);
+        finish(&consumer, &pos);
+    }
+
+    /// Resolves a PagerDuty problem's incident again: its recovery was delivered while the
+    /// problem was in flight (on this instance or another), or before an unanswered attempt.
+    async fn resolve_again(&self, channel: &Channel, record: &DeliveryRecord) {
+        let ChannelKind::PagerDuty { integration_key } = &channel.kind else {
+            return;
+        };
+        let incident = incident_key(&record.event);
+        let (account, channel_id) = (&record.account_id, &record.channel_id);
+        match pagerduty::resolve(&self.dispatcher, &incident, integration_key).await {
+            Outcome::Delivered { .. } => tracing::info!(account = %account, channel = %channel_id,
+                dedup_key = %incident, "the recovery overtook this alert; incident resolved again"),
+            failed => {
+                tracing::error!(account = %account, channel = %channel_id, dedup_key = %incident,
+                error = ?failed, "the recovery overtook this alert and resolving the incident again failed; resolve it in PagerDuty")
+            }
+        }
+    }
+
+    /// A record of a delivery topic that cannot be read goes to the DLQ as it is, with the reason.
+    pub(super) async fn quarantine(
+        self: Arc<Self>,
+        message: OwnedMessage,
+        unreadable: Unreadable,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+    ) {
+        let reason = unreadable.to_string();
+        tracing::error!(topic = message.topic(), offset = message.offset(), %reason, "unreadable delivery record");
+        let out = OutRecord {
+            topic: self.topics.dlq.clone(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: vec![
+                ("reason", reason),
+                ("source-topic", message.topic().to_owned()),
+            ],
+        };
+        if self.output.write(vec![out]).await.is_ok() {
+            finish(&consumer, &pos);
+        }
+    }
+}
+
+/// One line per handled attempt or skip, at the level an operator needs.
+fn log(
+    record: &DeliveryRecord,
+    kind: &str,
+    sent: &Result<Attempted, crate::delivery::Skipped>,
+    step: &Step,
+    ms: u64,
+) {
+    let (account, channel, id) = (&record.account_id, &record.channel_id, &record.delivery_id);
+    let attempt = record.attempts.len();
+    let status = sent.as_ref().ok().and_then(|a| a.outcome.status());
+    match (step, sent) {
+        (Step::Done, _) => {
+            tracing::info!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
+                attempt, status, ms, "delivered")
+        }
+        (Step::Retry { tier, not_before }, Err(skipped)) => {
+            tracing::info!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
+                attempt, tier, %not_before, reason = %skipped, "not let through; waits in a retry tier (no retry used up)")
+        }
+        (Step::Retry { tier, not_before }, Ok(attempted)) => {
+            let error = match &attempted.outcome {
+                Outcome::Retry { error, .. } => error.as_str(),
+                _ => "",
+            };
+            tracing::warn!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
+                attempt, status, ms, tier, %not_before, %error, "attempt failed; retry scheduled")
+        }
+        (Step::DeadLetter { reason }, _) => {
+            tracing::error!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
+                attempt, status, ms, %reason, "delivery dead-lettered")
+        }
+    }
+}
