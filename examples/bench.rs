@@ -14,14 +14,7 @@
 //! `--env KEY=VALUE` (repeatable: service environment, e.g.
 //! `SYSMOS_NOTIFY__DELIVERY__MAX_IN_FLIGHT=2048`), `--client PROPERTY=VALUE` (repeatable:
 //! librdkafka properties for the service and the baseline alike, e.g. `linger.ms=20`).
-//! Environment: `SYSMOS_BIN`, `SYSMOS_BROKER_SCRIPT`.
-
-#[allow(dead_code)]
-#[path = "shared/harness.rs"]
-mod harness;
-#[allow(dead_code)]
-#[path = "../tests/integration/common/tls.rs"]
-mod tls;
+//! Environment: `SYSMOS_BIN` (the service binary).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +31,9 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use serde_json::json;
 
-use harness::{create_topics, now_ms, Instance, Setting};
+use testkit::broker::create_topics;
+use testkit::service::{now_ms, Instance, Setting};
+use testkit::tls;
 
 const USAGE: &str = "usage: scripts/bench [--events N] [--accounts M] [--channels K] [--delay-ms D]
                      [--rate R] [--partitions P] [--no-baseline] [--tls]
@@ -154,7 +149,7 @@ fn produced_at(body: &[u8]) -> Option<i64> {
 async fn serve(
     listener: std::net::TcpListener,
     delay: Duration,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<tls::TlsAcceptor>,
     received: Arc<Received>,
 ) {
     listener.set_nonblocking(true).unwrap();

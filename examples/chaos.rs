@@ -6,18 +6,7 @@
 //! produced, expected, delivered, lost (must be 0) and duplicated, and the longest delay.
 //!
 //! Options: `--duration SECONDS` (120), `--rate EVENTS_PER_SECOND` (20), `--channels K` (2),
-//! `--seed N`. Environment: `SYSMOS_BIN` (the service binary), `SYSMOS_BROKER_SCRIPT`.
-
-#[allow(dead_code)]
-#[path = "../tests/integration/common/receiver.rs"]
-mod receiver;
-#[allow(dead_code)]
-#[path = "../tests/integration/common/tls.rs"]
-mod tls;
-
-#[allow(dead_code)]
-#[path = "shared/harness.rs"]
-mod harness;
+//! `--seed N`. Environment: `SYSMOS_BIN` (the service binary).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,8 +17,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
-use harness::{create_topics, now_ms, start_broker, Instance, Setting};
-use receiver::{Receiver, Reply};
+use testkit::broker::create_topics;
+use testkit::receiver::{Receiver, Reply};
+use testkit::service::{now_ms, Instance, Setting};
 
 /// A small deterministic generator (xorshift64*), so a seed replays the same chaos.
 struct Rng(u64);
@@ -246,9 +236,7 @@ allow_private_targets = true
             );
             tokio::task::block_in_place(|| setting.stop_broker());
             tokio::time::sleep(Duration::from_secs(2)).await;
-            setting.broker = tokio::task::block_in_place(|| {
-                start_broker(&setting.script, setting.port, &setting.data)
-            });
+            tokio::task::block_in_place(|| setting.restart_broker());
             broker_restarted = true;
             continue;
         }

@@ -3,16 +3,6 @@
 //! two webhooks (one answers 503 once, so its alert goes through retry tier 1) and a local
 //! SMTP server — printing each request as the provider receives it.
 
-#[allow(dead_code)]
-#[path = "../tests/integration/common/receiver.rs"]
-mod receiver;
-#[allow(dead_code)]
-#[path = "../tests/integration/common/smtp.rs"]
-mod smtp;
-#[allow(dead_code)]
-#[path = "../tests/integration/common/tls.rs"]
-mod tls;
-
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -21,8 +11,8 @@ use serde_json::{json, Value};
 use sysmos_notify::config::Config;
 use tokio_util::sync::CancellationToken;
 
-use receiver::{Receiver, Recorded, Reply};
-use smtp::{Mail, SmtpServer};
+use testkit::receiver::{Receiver, Recorded, Reply};
+use testkit::smtp::{Mail, SmtpServer};
 
 async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &Value) {
     let payload = value.to_string();

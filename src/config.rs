@@ -161,16 +161,25 @@ impl SmtpUrl {
     }
 }
 
-impl TryFrom<String> for SmtpUrl {
-    type Error = String;
+/// Why `channels.email.smtp_url` is refused; never the URL itself, which may hold a password.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidSmtpUrl {
+    #[error("{0}")]
+    NotAUrl(#[from] url::ParseError),
+    #[error("scheme must be smtp:// or smtps://")]
+    Scheme,
+    #[error("{0}")]
+    Unusable(#[from] lettre::transport::smtp::Error),
+}
 
-    fn try_from(raw: String) -> Result<Self, String> {
-        // Never the URL in the error: it may hold the SMTP password.
-        let url = Url::parse(&raw).map_err(|e| e.to_string())?;
-        if !matches!(url.scheme(), "smtp" | "smtps") {
-            return Err("scheme must be smtp:// or smtps://".to_owned());
+impl TryFrom<String> for SmtpUrl {
+    type Error = InvalidSmtpUrl;
+
+    fn try_from(raw: String) -> Result<Self, InvalidSmtpUrl> {
+        if !matches!(Url::parse(&raw)?.scheme(), "smtp" | "smtps") {
+            return Err(InvalidSmtpUrl::Scheme);
         }
-        AsyncSmtpTransport::<Tokio1Executor>::from_url(&raw).map_err(|e| e.to_string())?;
+        AsyncSmtpTransport::<Tokio1Executor>::from_url(&raw)?;
         Ok(Self(raw))
     }
 }

@@ -26,7 +26,6 @@ pub(crate) mod admin;
 pub mod config;
 pub(crate) mod deliverer;
 pub mod delivery;
-pub(crate) mod hex;
 pub mod kafka;
 pub mod ledger;
 pub mod metrics;

@@ -10,10 +10,9 @@ use sysmos_notify::config::Config;
 use sysmos_notify::ops::{self, dlq, Ops};
 
 /// mimalloc instead of the system allocator: an alert storm allocates and frees small
-/// records at a high rate, and glibc malloc was 15% of the service's CPU in the storm
-/// profile (BENCHMARKS.md). Its 2.x line (the crate's `v2` feature): with 3.x, which the crate
-/// now builds by default, a million-event backlog peaked at 180 MiB instead of 154, at the
-/// same speed (BENCHMARKS.md, "Memory").
+/// records at a high rate, and glibc malloc stood out in the storm profile (BENCHMARKS.md).
+/// Its 2.x line (the crate's `v2` feature): 3.x, which the crate now builds by default, raised
+/// a backlog's peak memory at the same speed (BENCHMARKS.md, "Memory").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -114,11 +113,10 @@ fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
 const EXIT_BAD_CONFIG: u8 = 2;
 
 /// How glibc malloc serves what librdkafka (C) allocates; Rust's own allocations go to
-/// mimalloc. By default each busy thread gets an arena, and blocks freed at up to 32 MiB raise
-/// the size below which blocks come from arenas instead of their own mapping, so large fetch
-/// buffers stay in fragmented arenas. At most 2 arenas, and blocks of 256 KiB or more mapped on
-/// their own and returned when freed, lowered the peak RSS of a backlog (BENCHMARKS.md,
-/// "Memory"). `MALLOC_ARENA_MAX` or `MALLOC_MMAP_THRESHOLD_` in the environment still win.
+/// mimalloc. By default each busy thread gets an arena, and freed blocks raise the size below
+/// which blocks come from arenas instead of their own mapping, so large fetch buffers stay in
+/// fragmented arenas. Two arenas, and large blocks mapped on their own and returned when
+/// freed, lowered the peak RSS of a backlog (BENCHMARKS.md, "Memory"). `MALLOC_ARENA_MAX` or `MALLOC_MMAP_THRESHOLD_` in the environment still win.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     for (variable, parameter, value) in [

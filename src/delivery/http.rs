@@ -39,8 +39,8 @@ pub const STREAMS_PER_CONNECTION: usize = 100;
 
 /// Clients that take requests in turn. hyper keeps one HTTP/2 connection per host, and a
 /// server lets a connection carry only so many requests at once: with one client, a host that
-/// offers HTTP/2 would be held to that many requests in flight (200 at 250 ms is 800 per
-/// second), whatever `delivery.max_in_flight_per_destination` allows. With one client per
+/// offers HTTP/2 would be held to that many requests in flight, whatever
+/// `delivery.max_in_flight_per_destination` allows. With one client per
 /// [`STREAMS_PER_CONNECTION`] of that cap, it is not. Over HTTP/1.1 each request in flight
 /// has a connection of its own either way.
 pub struct Clients {

@@ -85,20 +85,20 @@ fn passthrough(config: &mut ClientConfig, settings: &KafkaConfig, role: Role) {
 }
 
 /// A group consumer whose offsets are stored only by the service, after an outcome is
-/// durable, and committed in the background (at-least-once). It prefetches up to 3 MiB.
+/// durable, and committed in the background (at-least-once). It prefetches
+/// [`DELIVERIES_PREFETCH_KIB`].
 pub fn group_consumer(settings: &KafkaConfig, group_id: &str) -> ClientConfig {
     group_consumer_prefetching(settings, group_id, DELIVERIES_PREFETCH_KIB)
 }
 
-/// The router's group consumer: as [`group_consumer`], prefetching up to 2 MiB of events.
+/// The router's group consumer: as [`group_consumer`], prefetching [`EVENTS_PREFETCH_KIB`].
 pub fn events_consumer(settings: &KafkaConfig, group_id: &str) -> ClientConfig {
     group_consumer_prefetching(settings, group_id, EVENTS_PREFETCH_KIB)
 }
 
 /// Prefetch (`queued.max.messages.kbytes`; librdkafka's default is 64 MiB) of the deliverer,
-/// whose queue must not run dry between two fetches in a storm. Against 4 MiB, 3 MiB kept a
-/// storm's speed within the run-to-run spread and took a million-event backlog's peak RSS
-/// from 143-146 MiB to 127 (BENCHMARKS.md, "Memory").
+/// whose queue must not run dry between two fetches in a storm, nor hold a backlog's worth of
+/// memory (BENCHMARKS.md, "Memory").
 const DELIVERIES_PREFETCH_KIB: u32 = 3072;
 
 /// Prefetch of the router, which runs ahead of the deliverer in a backlog, so a smaller queue
@@ -123,8 +123,8 @@ fn group_consumer_prefetching(
         .set("topic.metadata.refresh.interval.ms", "30000")
         .set("queued.max.messages.kbytes", prefetch_kib.to_string())
         // Once the prefetch is full, librdkafka waits this long before fetching the
-        // partition again. Its default of 1000 ms let the deliverer's queue run dry in a
-        // storm: 5,700 deliveries/s instead of 7,300 (BENCHMARKS.md).
+        // partition again; its default (1 s) let the deliverer's queue run dry in a storm
+        // (BENCHMARKS.md, "The fetch back-off and the attempt slot").
         .set("fetch.queue.backoff.ms", "20");
     passthrough(&mut config, settings, Role::Consumer);
     config

@@ -362,7 +362,7 @@ const PREALLOCATED_MAX: usize = 1 << 20;
 impl Entries {
     /// Room for `capacity` entries (and the up to 3 one handled record adds before the oldest
     /// are forgotten), so a storm does not double the tables mid-way: the copy of the old
-    /// next to the new was the ledger's peak (6 MiB more at the default 200,000).
+    /// next to the new was the ledger's peak (BENCHMARKS.md, "Memory").
     fn with_capacity(capacity: usize) -> Self {
         let room = capacity.saturating_add(3).min(PREALLOCATED_MAX);
         Self {

@@ -208,7 +208,7 @@ pub fn delivery_id(account_id: &str, event_id: &str, channel_id: &str) -> String
         hash.update(part.as_bytes());
     }
     let digest = hash.finalize();
-    format!("msg_{}", crate::hex::hex(&digest[..16]))
+    format!("msg_{}", hex::encode(&digest[..16]))
 }
 
 #[cfg(test)]

@@ -39,6 +39,39 @@ impl Severity {
     }
 }
 
+/// Why an event is rejected: the reason `P.rejected` records with its bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejected {
+    #[error("empty payload: an event must be a JSON object")]
+    Empty,
+    #[error("event of {0} bytes is larger than the limit of {MAX_EVENT_BYTES} bytes")]
+    TooLarge(usize),
+    #[error("not valid JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("missing required field `{0}`")]
+    Missing(String),
+    #[error("field `{0}` must not be empty")]
+    EmptyField(&'static str),
+    #[error("field `{field}` must be {expected}")]
+    WrongType {
+        field: String,
+        expected: &'static str,
+    },
+    #[error("field `event` must look like `product.name`, got `{0}`")]
+    BadKind(String),
+    #[error("field `occurred_at` is not an RFC 3339 time: {0}")]
+    BadTime(#[from] chrono::ParseError),
+}
+
+fn wrong_type(field: impl Into<String>, expected: &'static str) -> Rejected {
+    Rejected::WrongType {
+        field: field.into(),
+        expected,
+    }
+}
+
 /// A validated event. `raw` is the event exactly as received (field order preserved),
 /// shared: the delivery records of one event, one per channel, hold the same map, so routing
 /// an event to K channels does not copy it K times (BENCHMARKS.md, "Provider bodies written
@@ -59,22 +92,17 @@ impl Serialize for Event {
 
 impl Event {
     /// Decodes and validates an event's bytes; the error is the reason it is rejected.
-    pub fn decode(payload: Option<&[u8]>) -> Result<Self, String> {
+    pub fn decode(payload: Option<&[u8]>) -> Result<Self, Rejected> {
         let bytes = payload.unwrap_or_default();
         if bytes.is_empty() {
-            return Err("empty payload: an event must be a JSON object".into());
+            return Err(Rejected::Empty);
         }
         if bytes.len() > MAX_EVENT_BYTES {
-            return Err(format!(
-                "event of {} bytes is larger than the limit of {MAX_EVENT_BYTES} bytes",
-                bytes.len()
-            ));
+            return Err(Rejected::TooLarge(bytes.len()));
         }
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-        match value {
+        match serde_json::from_slice(bytes)? {
             Value::Object(raw) => Self::try_from(raw),
-            _ => Err("not a JSON object".into()),
+            _ => Err(Rejected::NotAnObject),
         }
     }
 
@@ -179,36 +207,30 @@ fn product_key(kind: &str) -> &str {
 }
 
 impl TryFrom<Map<String, Value>> for Event {
-    type Error = String;
+    type Error = Rejected;
 
-    fn try_from(raw: Map<String, Value>) -> Result<Self, String> {
+    fn try_from(raw: Map<String, Value>) -> Result<Self, Rejected> {
         for field in ["event", "event_id", "account_id", "occurred_at"] {
             match raw.get(field) {
-                None | Some(Value::Null) => {
-                    return Err(format!("missing required field `{field}`"))
-                }
+                None | Some(Value::Null) => return Err(Rejected::Missing(field.to_owned())),
                 Some(Value::String(s)) if s.trim().is_empty() => {
-                    return Err(format!("field `{field}` must not be empty"))
+                    return Err(Rejected::EmptyField(field))
                 }
                 Some(Value::String(_)) => {}
-                Some(_) => return Err(format!("field `{field}` must be a string")),
+                Some(_) => return Err(wrong_type(field, "a string")),
             }
         }
         let kind = raw["event"].as_str().unwrap_or_default();
         let mut parts = kind.splitn(2, '.');
         let (product, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         if product.is_empty() || name.is_empty() {
-            return Err(format!(
-                "field `event` must look like `product.name`, got `{kind}`"
-            ));
+            return Err(Rejected::BadKind(kind.to_owned()));
         }
-        let occurred_at = raw["occurred_at"].as_str().unwrap_or_default();
-        DateTime::parse_from_rfc3339(occurred_at)
-            .map_err(|e| format!("field `occurred_at` is not an RFC 3339 time: {e}"))?;
+        DateTime::parse_from_rfc3339(raw["occurred_at"].as_str().unwrap_or_default())?;
         let object = match raw.get(product) {
             Some(Value::Object(o)) => o,
-            None | Some(Value::Null) => return Err(format!("missing required field `{product}`")),
-            Some(_) => return Err(format!("field `{product}` must be an object")),
+            None | Some(Value::Null) => return Err(Rejected::Missing(product.to_owned())),
+            Some(_) => return Err(wrong_type(product, "an object")),
         };
         let mut required = vec!["id"];
         if matches!(product, "monitor" | "server") {
@@ -218,17 +240,18 @@ impl TryFrom<Map<String, Value>> for Event {
             match object.get(field) {
                 Some(Value::String(s)) if !s.is_empty() => {}
                 Some(_) => {
-                    return Err(format!(
-                        "field `{product}.{field}` must be a non-empty string"
+                    return Err(wrong_type(
+                        format!("{product}.{field}"),
+                        "a non-empty string",
                     ))
                 }
-                None => return Err(format!("missing required field `{product}.{field}`")),
+                None => return Err(Rejected::Missing(format!("{product}.{field}"))),
             }
         }
         match raw.get("alert") {
             Some(Value::Object(_)) => {}
-            None | Some(Value::Null) => return Err("missing required field `alert`".into()),
-            Some(_) => return Err("field `alert` must be an object".into()),
+            None | Some(Value::Null) => return Err(Rejected::Missing("alert".to_owned())),
+            Some(_) => return Err(wrong_type("alert", "an object")),
         }
         Ok(Event { raw: Arc::new(raw) })
     }
@@ -240,7 +263,7 @@ mod tests {
     use serde_json::json;
 
     fn decode(v: Value) -> Result<Event, String> {
-        Event::decode(Some(v.to_string().as_bytes()))
+        Event::decode(Some(v.to_string().as_bytes())).map_err(|e| e.to_string())
     }
 
     fn seed() -> Value {
@@ -265,12 +288,17 @@ mod tests {
 
     #[test]
     fn rejects_with_a_reason() {
-        assert!(Event::decode(None).unwrap_err().contains("empty"));
+        assert!(Event::decode(None)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         assert!(Event::decode(Some(b"\xff\x00binary"))
             .unwrap_err()
+            .to_string()
             .contains("not valid JSON"));
         assert!(Event::decode(Some(b"[1]"))
             .unwrap_err()
+            .to_string()
             .contains("not a JSON object"));
         for field in [
             "event",
@@ -287,13 +315,14 @@ mod tests {
         }
         let mut v = seed();
         v["monitor"].as_object_mut().unwrap().remove("id");
-        assert!(decode(v).unwrap_err().contains("monitor.id"));
+        assert!(decode(v).unwrap_err().to_string().contains("monitor.id"));
         let mut v = seed();
         v["occurred_at"] = json!("yesterday");
-        assert!(decode(v).unwrap_err().contains("RFC 3339"));
+        assert!(decode(v).unwrap_err().to_string().contains("RFC 3339"));
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
         assert!(Event::decode(Some(&big))
             .unwrap_err()
+            .to_string()
             .contains("larger than"));
     }
 

@@ -47,7 +47,7 @@ pub fn incident_key(event: &Event) -> String {
         return readable;
     }
     let digest = Sha256::digest(readable.as_bytes());
-    format!("sysmos:{}", crate::hex::hex(&digest))
+    format!("sysmos:{}", hex::encode(digest))
 }
 
 #[cfg(test)]

@@ -54,11 +54,17 @@ struct RawSettings {
     channels: Vec<Value>,
 }
 
+/// Why a settings record cannot be read; the text holds no secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSettings(String);
+
 impl AccountSettings {
     /// Decodes a settings record. A channel that cannot be read (an unknown type from a newer
     /// settings app, a missing field) is skipped with its reason; the others still deliver.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let raw: RawSettings = serde_json::from_slice(bytes).map_err(|e| redact(&e.to_string()))?;
+    pub fn decode(bytes: &[u8]) -> Result<Self, InvalidSettings> {
+        let raw: RawSettings =
+            serde_json::from_slice(bytes).map_err(|e| InvalidSettings(redact(&e.to_string())))?;
         let mut channels = Vec::with_capacity(raw.channels.len());
         let mut skipped = Vec::new();
         for (i, value) in raw.channels.into_iter().enumerate() {

@@ -137,14 +137,21 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<OwnedM
     Ok(records)
 }
 
+/// A `--since` that is neither a time nor a duration.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is neither an RFC 3339 time nor a duration like 2h")]
+pub struct InvalidSince(String);
+
 /// `--since`: an RFC 3339 time, or a duration back from now (`90m`, `2h`).
-pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_since(text: &str) -> Result<DateTime<Utc>, InvalidSince> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
     }
-    let ago = crate::config::parse_duration(text)
-        .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor a duration like 2h"))?;
-    Ok(Utc::now() - chrono::Duration::from_std(ago).map_err(|e| e.to_string())?)
+    crate::config::parse_duration(text)
+        .ok()
+        .and_then(|ago| chrono::Duration::from_std(ago).ok())
+        .map(|ago| Utc::now() - ago)
+        .ok_or_else(|| InvalidSince(text.to_owned()))
 }
 
 /// A user-supplied URL shown without what may be a token: scheme, host and port only.

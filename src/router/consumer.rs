@@ -69,7 +69,7 @@ impl Router {
                         key: message.key().map(<[u8]>::to_vec),
                         payload: message.payload().map(<[u8]>::to_vec),
                         headers: vec![
-                            ("reason", reason),
+                            ("reason", reason.to_string()),
                             ("source-topic", message.topic().to_owned()),
                             ("source-partition", message.partition().to_string()),
                             ("source-offset", message.offset().to_string()),

@@ -5,6 +5,7 @@ pub mod consumer;
 
 use chrono::{DateTime, Utc};
 
+use crate::model::event::Rejected;
 use crate::model::{DeliveryRecord, Event};
 use crate::settings_cache::SettingsCache;
 
@@ -12,7 +13,7 @@ use crate::settings_cache::SettingsCache;
 #[derive(Debug)]
 pub enum Decision {
     /// Not an acceptable event: its raw bytes go to `P.rejected` with this reason.
-    Reject(String),
+    Reject(Rejected),
     /// Valid, but nobody wants it: counted, nothing written.
     NoRoute(&'static str),
     /// One delivery per accepting channel, for `P.deliveries`.

@@ -49,7 +49,7 @@ pub fn marker_key(address: &str, url: &str) -> String {
     hash.update(address.trim().to_lowercase().as_bytes());
     hash.update(b"\n");
     hash.update(url.as_bytes());
-    crate::hex::hex(&hash.finalize())
+    hex::encode(hash.finalize())
 }
 
 /// Recipients of the account's enabled email channels that are waiting for their

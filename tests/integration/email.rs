@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::common::scenario::*;
 use crate::common::smtp::{Mail, SmtpServer};
-use crate::common::{committed, read_all, until, Service, Setup};
+use crate::common::{committed, create_topic, read_all, until, Service, Setup};
 
 const VERIFY_URL: &str = "https://app.example.test/verify?t=tok-7f3a9";
 
@@ -225,5 +225,55 @@ async fn one_verification_email_across_a_restart() {
             .await,
         1.0,
         "this process sent only the new one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_verification_email_holds_back_no_other_account() {
+    let smtp = SmtpServer::start().await;
+    let mut setup = Setup::new("verify-isolated", &["10m"]).await;
+    setup.extra = format!(
+        "[channels.email]\nsmtp_url = \"{}\"\nfrom = \"Sysmos Alerts <alerts@sysmos.test>\"\n",
+        smtp.url()
+    );
+    setup.write_config();
+    // One partition: both accounts' records are read, in order, by one verifier.
+    create_topic(&setup.topic("config"), 1).await;
+    setup.create_service_topics().await;
+    smtp.script("stuck@a.test", &["451 4.3.0 mailbox busy, try later"; 3]);
+    let pending = |address: &str| {
+        email_channel(json!([{"address": address, "verified": false,
+            "verification_url": format!("https://app.example.test/verify?t={address}")}]))
+    };
+    setup
+        .put_settings(
+            "acc_a",
+            &settings("acc_a", 1, vec![pending("stuck@a.test")]),
+        )
+        .await;
+    setup
+        .put_settings("acc_b", &settings("acc_b", 1, vec![pending("new@b.test")]))
+        .await;
+    let mut service = setup.start();
+    service.wait_ready().await;
+
+    // acc_a's email waits 10 minutes for its retry; acc_b's goes out meanwhile.
+    until(
+        Duration::from_secs(30),
+        "acc_b's verification email",
+        || async { (!smtp.mails_to("new@b.test").is_empty()).then_some(()) },
+    )
+    .await;
+    assert!(smtp.mails_to("stuck@a.test").is_empty(), "refused with 451");
+    let group = format!("{}-group.verifications", setup.name);
+    assert!(
+        committed(&group, &setup.topic("config")) <= 0,
+        "acc_a's record waits for its retry: no offset passes it"
+    );
+    service.signal(libc::SIGTERM);
+    assert_eq!(
+        service.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "a verification waiting for its retry does not hold up shutdown"
     );
 }

@@ -5,21 +5,18 @@
 
 pub mod fuzz_checks;
 pub mod limits;
-pub mod receiver;
 pub mod scenario;
-pub mod smtp;
-pub mod tls;
+
+pub use testkit::broker::free_port;
+pub use testkit::{receiver, smtp, tls};
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -35,54 +32,22 @@ pub fn brokers() -> &'static str {
     })
 }
 
-fn tansu_binary() -> PathBuf {
-    if let Ok(bin) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(bin);
-    }
-    let cache = std::env::var("SYSMOS_NOTIFY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sysmos-notify")
-        });
-    let bin = cache.join("tansu-0.6.0/bin/tansu");
-    assert!(
-        bin.exists(),
-        "no broker at {}: run scripts/install-broker (or scripts/test)",
-        bin.display()
-    );
-    bin
-}
-
+/// A broker for this test process, killed with it: SIGKILL when the thread that started it
+/// ends (PR_SET_PDEATHSIG), so that thread lives as long as the process.
 fn start_broker() -> String {
     let port = free_port();
-    let bin = tansu_binary();
     let dir = tempfile::tempdir().unwrap().keep();
     let (tx, rx) = std::sync::mpsc::channel();
-    // The broker gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG), so
-    // that thread lives as long as the test process.
     std::thread::spawn(move || {
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(bin);
-        cmd.current_dir(&dir)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args(["--storage-engine", "sqlite://broker.db"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut command = testkit::broker::command(port, &dir);
         unsafe {
-            cmd.pre_exec(|| {
+            command.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("start tansu");
+        let child = command.spawn().expect("start tansu");
         tx.send(()).unwrap();
         let _keep = child;
         loop {
@@ -90,27 +55,8 @@ fn start_broker() -> String {
         }
     });
     rx.recv().unwrap();
-    wait_for_port(port, Duration::from_secs(30));
+    testkit::broker::wait_for_port(port, Duration::from_secs(30));
     format!("127.0.0.1:{port}")
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "port {port} not open after {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A name no other test of any run uses: topics, groups and prefixes derive from it.
@@ -174,21 +120,7 @@ fn client_config() -> ClientConfig {
 }
 
 pub async fn create_topic(name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = client_config().create().unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
-    let res = admin
-        .create_topics([&topic], &AdminOptions::new())
-        .await
-        .unwrap();
-    for r in res {
-        if let Err((name, code)) = r {
-            assert_eq!(
-                code,
-                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
-                "create {name}"
-            );
-        }
-    }
+    testkit::broker::create_topics(brokers(), partitions, &[(name, false)]).await;
 }
 
 pub fn producer() -> FutureProducer {

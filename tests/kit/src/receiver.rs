@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, Response};
 
-use super::tls;
+use crate::tls;
 
 #[derive(Debug, Clone)]
 pub struct Recorded {

@@ -1,0 +1,14 @@
+//! The test kit: what the integration tests (`tests/integration`) and the runners in
+//! `examples/` (demo, chaos, bench) share.
+//!
+//! - `broker`: the Tansu broker process (shared/BROKER.md), free ports, topic creation.
+//! - `receiver`: an HTTP endpoint that records every request and answers from scripts.
+//! - `smtp`: a real SMTP server on a local port that records every message.
+//! - `tls`: TLS for the fakes with the test CA (`tests/fixtures/tls`), HTTP/2 offered.
+//! - `service`: service instances as child processes, for the runners.
+
+pub mod broker;
+pub mod receiver;
+pub mod service;
+pub mod smtp;
+pub mod tls;
