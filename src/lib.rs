@@ -25,7 +25,7 @@
 pub(crate) mod admin;
 pub mod config;
 pub(crate) mod deliverer;
-pub mod delivery;
+pub(crate) mod delivery;
 pub mod kafka;
 pub mod ledger;
 pub mod metrics;
@@ -38,6 +38,9 @@ pub(crate) mod settings_cache;
 pub mod shutdown;
 pub mod telemetry;
 pub mod verify;
+
+/// Where a channel's requests go (its destination's cap and circuit): for the fuzz checks.
+pub use delivery::destination;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -75,10 +75,6 @@ impl Breaker {
         }
         false
     }
-
-    pub fn is_open(&self) -> bool {
-        self.open_until.is_some()
-    }
 }
 
 struct Destination {

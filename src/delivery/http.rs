@@ -68,7 +68,8 @@ impl Clients {
     }
 
     /// How many clients take turns.
-    pub fn count(&self) -> usize {
+    #[cfg(test)]
+    fn count(&self) -> usize {
         self.clients.len()
     }
 }

@@ -3,9 +3,9 @@
 
 pub mod client;
 pub mod context;
-pub mod offsets;
-pub mod producer;
-pub mod table;
+pub(crate) mod offsets;
+pub(crate) mod producer;
+pub(crate) mod table;
 pub mod topics;
 
 #[cfg(test)]

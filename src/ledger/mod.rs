@@ -23,17 +23,18 @@
 //! handling the same record within the time `P.handled` takes to reach the other.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 
 use crate::model::{DeliveryRecord, Fate};
 
+mod in_flight;
 mod journal;
+pub use in_flight::{Claim, InFlight};
 pub use journal::Journal;
 
 /// The value of a `P.handled` record: what became of the delivery records handled together,
@@ -120,71 +121,9 @@ pub enum Verdict {
     Superseded,
 }
 
-/// The delivery records being attempted in this process. A second copy of a record in
-/// flight (the router read an event twice after a restart, and both deliveries sit in one
-/// partition) waits for the first to finish, then asks the ledger again, instead of being
-/// sent at the same moment.
-#[derive(Default)]
-pub struct InFlight {
-    claims: Mutex<HashMap<Id, Arc<Notify>>>,
-}
-
-/// Holds a record's identity until dropped; then the copies waiting for it go on.
-pub struct Claim<'a> {
-    owner: &'a InFlight,
-    id: Id,
-}
-
-impl InFlight {
-    /// Claims `record`'s identity, first waiting while another copy holds it.
-    pub async fn claim(&self, record: &DeliveryRecord) -> Claim<'_> {
-        let id = read_id(&record.delivery_id, record.replayed_at, Read::of(record));
-        loop {
-            let held = {
-                let mut claims = self.claims.lock().expect("in-flight lock");
-                match claims.get(&id) {
-                    None => {
-                        claims.insert(id, Arc::new(Notify::new()));
-                        return Claim { owner: self, id };
-                    }
-                    Some(held) => held.clone(),
-                }
-            };
-            let released = held.notified();
-            tokio::pin!(released);
-            // Registered before looking again, so a release in between is not missed.
-            released.as_mut().enable();
-            if !self
-                .claims
-                .lock()
-                .expect("in-flight lock")
-                .get(&id)
-                .is_some_and(|h| Arc::ptr_eq(h, &held))
-            {
-                continue;
-            }
-            released.await;
-        }
-    }
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        let held = self
-            .owner
-            .claims
-            .lock()
-            .expect("in-flight lock")
-            .remove(&self.id);
-        if let Some(held) = held {
-            held.notify_waiters();
-        }
-    }
-}
-
 /// 128 bits of SHA-256 over length-prefixed parts: collisions (which would wrongly suppress
 /// a delivery) are out of reach at any capacity.
-type Id = u128;
+pub(super) type Id = u128;
 
 fn id(parts: &[&[u8]]) -> Id {
     let mut hash = Sha256::new();
@@ -196,7 +135,7 @@ fn id(parts: &[&[u8]]) -> Id {
     u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"))
 }
 
-fn read_id(delivery_id: &str, replayed_at: Option<DateTime<Utc>>, read: Read) -> Id {
+pub(super) fn read_id(delivery_id: &str, replayed_at: Option<DateTime<Utc>>, read: Read) -> Id {
     let replay = replayed_at
         .map(|t| t.timestamp_micros())
         .unwrap_or(0)

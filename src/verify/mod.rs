@@ -9,7 +9,7 @@
 //! between the SMTP server accepting the email and the marker being acknowledged (a few
 //! milliseconds); the email is then sent a second time, never zero times.
 
-pub mod consumer;
+pub(crate) mod consumer;
 
 use std::collections::HashSet;
 use std::sync::Mutex;

@@ -33,7 +33,7 @@ pub fn settings_decode(data: &[u8]) {
     let event = Event::decode(Some(EVENT)).expect("a valid event");
     for channel in &settings.channels {
         let _ = (channel.accepts(&event), channel.deliverable());
-        let _ = sysmos_notify::delivery::destination(&channel.kind);
+        let _ = sysmos_notify::destination(&channel.kind);
     }
     let _ = sysmos_notify::verify::wanted(&settings);
 }
