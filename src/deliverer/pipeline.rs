@@ -106,8 +106,8 @@ impl Deliverer {
             Err(skipped) => {
                 self.metrics.not_attempted(kind, skipped.label());
                 record.skips += 1;
-                let attempts = record.attempts.len() as u32;
-                after_skip(&skipped.to_string(), attempts, &self.delays, Utc::now())
+                let (attempts, now) = (record.attempts.len() as u32, Utc::now());
+                after_skip(skipped, attempts, record.waited(now), &self.delays, now)
             }
             Ok(Attempted {
                 outcome,

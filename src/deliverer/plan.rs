@@ -11,7 +11,7 @@ use rdkafka::Message;
 use crate::delivery::Outcome;
 use crate::kafka::producer::OutRecord;
 use crate::kafka::topics::Topics;
-use crate::model::{Attempt, AttemptOutcome, AttemptReport, DeadLetter, DeliveryRecord, Fate};
+use crate::model::{Attempt, AttemptReport, DeadLetter, DeliveryRecord, Fate};
 use crate::retry::Step;
 
 /// What a handled record leaves behind.
@@ -90,16 +90,15 @@ pub fn attempt_of(
     elapsed: Duration,
     reached: Vec<String>,
 ) -> Attempt {
-    let (kind, error) = match outcome {
-        Outcome::Delivered { .. } => (AttemptOutcome::Delivered, None),
-        Outcome::Retry { error, .. } => (AttemptOutcome::Retryable, Some(error.clone())),
-        Outcome::Permanent { error, .. } => (AttemptOutcome::Permanent, Some(error.clone())),
+    let error = match outcome {
+        Outcome::Delivered { .. } => None,
+        Outcome::Retry { error, .. } | Outcome::Permanent { error, .. } => Some(error.clone()),
     };
     Attempt {
         attempt: number,
         at,
         duration_ms: elapsed.as_millis() as u64,
-        outcome: kind,
+        outcome: outcome.kind(),
         status: outcome.status(),
         error,
         reached,
@@ -193,10 +192,14 @@ mod tests {
         let mut r = record();
         let fail = Outcome::retry("timed out after 10s");
         attempted(&mut r, &fail);
-        // Not let through many times (an open circuit): each time back to a tier, no attempt.
+        // Not let through many times (a busy destination): each time back to a tier.
+        let busy = crate::delivery::Skipped::Busy {
+            destination: "hooks.example.com:443".into(),
+            cap: 256,
+        };
         for _ in 0..5 {
             r.skips += 1;
-            let step = after_skip("not attempted: circuit open", 1, &DELAYS, Utc::now());
+            let step = after_skip(&busy, 1, Duration::from_secs(3600), &DELAYS, Utc::now());
             let out = outputs(&mut r, &step, false, &topics, Utc::now());
             assert_eq!(out.fate, Fate::Retried);
             let [(_, next)] = &written(&out)[..] else {
@@ -235,7 +238,11 @@ mod tests {
         let topics = Topics::new("p", DELAYS.len());
         let mut r = record();
         r.report = true;
-        let step = after_skip("busy", 0, &DELAYS, Utc::now());
+        let busy = crate::delivery::Skipped::Busy {
+            destination: "hooks.example.com:443".into(),
+            cap: 256,
+        };
+        let step = after_skip(&busy, 0, Duration::ZERO, &DELAYS, Utc::now());
         let out = outputs(&mut r, &step, false, &topics, Utc::now());
         assert!(out.records.iter().all(|o| o.topic != "p.reports"));
         let step = attempted(&mut r, &Outcome::Delivered { status: Some(200) });

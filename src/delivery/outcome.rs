@@ -6,6 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
 
+use crate::model::AttemptOutcome;
+
 /// `Retry-After` values beyond this are clamped: a tier holds its partition while it waits.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -44,23 +46,20 @@ impl Outcome {
         }
     }
 
+    /// What the delivery record keeps of it.
+    pub fn kind(&self) -> AttemptOutcome {
+        match self {
+            Outcome::Delivered { .. } => AttemptOutcome::Delivered,
+            Outcome::Retry { .. } => AttemptOutcome::Retryable,
+            Outcome::Permanent { .. } => AttemptOutcome::Permanent,
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             Outcome::Delivered { status }
             | Outcome::Retry { status, .. }
             | Outcome::Permanent { status, .. } => *status,
-        }
-    }
-}
-
-#[cfg(test)]
-impl Outcome {
-    /// The variant's name, for classification tables in tests.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Outcome::Delivered { .. } => "delivered",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Permanent { .. } => "permanent",
         }
     }
 }
@@ -159,33 +158,34 @@ fn error_chain(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::AttemptOutcome::{Delivered, Permanent, Retryable};
     use reqwest::header::{HeaderValue, RETRY_AFTER};
 
     #[test]
     fn status_table() {
         let table = [
-            (200, "delivered"),
-            (201, "delivered"),
-            (202, "delivered"),
-            (204, "delivered"),
-            (299, "delivered"),
-            (301, "permanent"),
-            (302, "permanent"),
-            (307, "permanent"),
-            (400, "permanent"),
-            (401, "permanent"),
-            (403, "permanent"),
-            (404, "permanent"),
-            (410, "permanent"),
-            (413, "permanent"),
-            (422, "permanent"),
-            (408, "retry"),
-            (429, "retry"),
-            (500, "retry"),
-            (502, "retry"),
-            (503, "retry"),
-            (504, "retry"),
-            (599, "retry"),
+            (200, Delivered),
+            (201, Delivered),
+            (202, Delivered),
+            (204, Delivered),
+            (299, Delivered),
+            (301, Permanent),
+            (302, Permanent),
+            (307, Permanent),
+            (400, Permanent),
+            (401, Permanent),
+            (403, Permanent),
+            (404, Permanent),
+            (410, Permanent),
+            (413, Permanent),
+            (422, Permanent),
+            (408, Retryable),
+            (429, Retryable),
+            (500, Retryable),
+            (502, Retryable),
+            (503, Retryable),
+            (504, Retryable),
+            (599, Retryable),
         ];
         let now = Utc::now();
         for (status, expected) in table {

@@ -120,6 +120,7 @@ fn hint(code: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::AttemptOutcome::{Delivered, Permanent, Retryable};
     use reqwest::header::{HeaderValue, RETRY_AFTER};
     use std::time::Duration;
 
@@ -127,22 +128,22 @@ mod tests {
     fn errors_table() {
         let now = Utc::now();
         let table = [
-            ("invalid_auth", "permanent"),
-            ("account_inactive", "permanent"),
-            ("token_revoked", "permanent"),
-            ("channel_not_found", "permanent"),
-            ("not_in_channel", "permanent"),
-            ("is_archived", "permanent"),
-            ("missing_scope", "permanent"),
-            ("msg_too_long", "permanent"),
-            ("invalid_blocks", "permanent"),
-            ("something_new", "permanent"),
-            ("ratelimited", "retry"),
-            ("rate_limited", "retry"),
-            ("internal_error", "retry"),
-            ("fatal_error", "retry"),
-            ("service_unavailable", "retry"),
-            ("request_timeout", "retry"),
+            ("invalid_auth", Permanent),
+            ("account_inactive", Permanent),
+            ("token_revoked", Permanent),
+            ("channel_not_found", Permanent),
+            ("not_in_channel", Permanent),
+            ("is_archived", Permanent),
+            ("missing_scope", Permanent),
+            ("msg_too_long", Permanent),
+            ("invalid_blocks", Permanent),
+            ("something_new", Permanent),
+            ("ratelimited", Retryable),
+            ("rate_limited", Retryable),
+            ("internal_error", Retryable),
+            ("fatal_error", Retryable),
+            ("service_unavailable", Retryable),
+            ("request_timeout", Retryable),
         ];
         for (code, expected) in table {
             let body = format!(r#"{{"ok":false,"error":"{code}"}}"#);
@@ -150,20 +151,17 @@ mod tests {
             assert_eq!(outcome.kind(), expected, "{code}");
         }
         let ok = classify(200, &HeaderMap::new(), br#"{"ok":true,"ts":"1.2"}"#, now);
-        assert_eq!(ok.kind(), "delivered");
+        assert_eq!(ok.kind(), Delivered);
         assert_eq!(
             classify(200, &HeaderMap::new(), b"<html>", now).kind(),
-            "retry"
+            Retryable
         );
         assert_eq!(
             classify(200, &HeaderMap::new(), br#"{"ok":false}"#, now).kind(),
-            "permanent"
+            Permanent
         );
-        assert_eq!(
-            classify(404, &HeaderMap::new(), b"", now).kind(),
-            "permanent"
-        );
-        assert_eq!(classify(503, &HeaderMap::new(), b"", now).kind(), "retry");
+        assert_eq!(classify(404, &HeaderMap::new(), b"", now).kind(), Permanent);
+        assert_eq!(classify(503, &HeaderMap::new(), b"", now).kind(), Retryable);
     }
 
     #[test]

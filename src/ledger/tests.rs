@@ -22,6 +22,11 @@ fn retried(mut record: DeliveryRecord) -> DeliveryRecord {
     record
 }
 
+/// What became of `record`, read as it is now.
+fn handled(record: &DeliveryRecord, fate: Fate) -> Handled {
+    Handled::of(record, Read::of(record), fate)
+}
+
 fn ledger() -> Ledger {
     Ledger::new(Duration::from_secs(3600), 1000)
 }
@@ -31,17 +36,7 @@ fn a_handled_record_is_a_repeat_and_its_next_tier_is_not() {
     let ledger = ledger();
     let first = record("monitor.down", "e1", "2025-01-15T10:30:00Z", "hook");
     assert_eq!(ledger.verdict(&first), Verdict::Attempt);
-    ledger.apply(
-        &Handled::of(
-            &first,
-            Read {
-                attempts: 0,
-                skips: 0,
-            },
-            Fate::Retried,
-        ),
-        Utc::now(),
-    );
+    ledger.apply(&handled(&first, Fate::Retried), Utc::now());
     assert_eq!(ledger.verdict(&first), Verdict::Repeat, "read again");
     let second = retried(first.clone());
     assert_eq!(
@@ -49,17 +44,7 @@ fn a_handled_record_is_a_repeat_and_its_next_tier_is_not() {
         Verdict::Attempt,
         "the retry itself"
     );
-    ledger.apply(
-        &Handled::of(
-            &second,
-            Read {
-                attempts: 1,
-                skips: 0,
-            },
-            Fate::Delivered,
-        ),
-        Utc::now(),
-    );
+    ledger.apply(&handled(&second, Fate::Delivered), Utc::now());
     assert_eq!(ledger.verdict(&second), Verdict::Repeat);
     assert_eq!(
         ledger.verdict(&first),
@@ -74,30 +59,10 @@ fn a_handled_record_is_a_repeat_and_its_next_tier_is_not() {
 fn a_replay_is_a_new_run() {
     let ledger = ledger();
     let first = record("monitor.down", "e1", "2025-01-15T10:30:00Z", "hook");
-    ledger.apply(
-        &Handled::of(
-            &first,
-            Read {
-                attempts: 0,
-                skips: 0,
-            },
-            Fate::DeadLettered,
-        ),
-        Utc::now(),
-    );
+    ledger.apply(&handled(&first, Fate::DeadLettered), Utc::now());
     let replay = first.replayed();
     assert_eq!(ledger.verdict(&replay), Verdict::Attempt);
-    ledger.apply(
-        &Handled::of(
-            &replay,
-            Read {
-                attempts: 0,
-                skips: 0,
-            },
-            Fate::Retried,
-        ),
-        Utc::now(),
-    );
+    ledger.apply(&handled(&replay, Fate::Retried), Utc::now());
     assert_eq!(ledger.verdict(&replay), Verdict::Repeat);
 }
 
@@ -109,33 +74,13 @@ fn a_problem_after_its_delivered_recovery_is_superseded() {
     let ssl = record("monitor.ssl_expiring", "e2", "2025-01-15T10:29:00Z", "hook");
     let up = record("monitor.recovered", "e3", "2025-01-15T10:35:00Z", "hook");
     let elsewhere = record("monitor.down", "e1", "2025-01-15T10:30:00Z", "pd");
-    ledger.apply(
-        &Handled::of(
-            &up,
-            Read {
-                attempts: 0,
-                skips: 0,
-            },
-            Fate::Retried,
-        ),
-        Utc::now(),
-    );
+    ledger.apply(&handled(&up, Fate::Retried), Utc::now());
     assert_eq!(
         ledger.verdict(&down),
         Verdict::Attempt,
         "a recovery still retrying supersedes nothing"
     );
-    ledger.apply(
-        &Handled::of(
-            &retried(up.clone()),
-            Read {
-                attempts: 1,
-                skips: 0,
-            },
-            Fate::Delivered,
-        ),
-        Utc::now(),
-    );
+    ledger.apply(&handled(&retried(up.clone()), Fate::Delivered), Utc::now());
     assert_eq!(ledger.verdict(&down), Verdict::Superseded);
     assert_eq!(ledger.verdict(&degraded), Verdict::Superseded);
     assert_eq!(ledger.verdict(&ssl), Verdict::Attempt, "another incident");
@@ -165,14 +110,7 @@ fn forgets_past_the_window_and_beyond_capacity() {
             )
         })
         .collect();
-    let mut old = Handled::of(
-        &records[0],
-        Read {
-            attempts: 0,
-            skips: 0,
-        },
-        Fate::Retried,
-    );
+    let mut old = handled(&records[0], Fate::Retried);
     old.at = now - chrono::Duration::seconds(61);
     ledger.apply(&old, now);
     assert_eq!(
@@ -181,17 +119,7 @@ fn forgets_past_the_window_and_beyond_capacity() {
         "older than the window"
     );
     for r in &records[1..] {
-        ledger.apply(
-            &Handled::of(
-                r,
-                Read {
-                    attempts: 0,
-                    skips: 0,
-                },
-                Fate::Retried,
-            ),
-            now,
-        );
+        ledger.apply(&handled(r, Fate::Retried), now);
     }
     assert_eq!(ledger.len(), 3);
     assert_eq!(
@@ -201,14 +129,7 @@ fn forgets_past_the_window_and_beyond_capacity() {
     );
     assert_eq!(ledger.verdict(&records[4]), Verdict::Repeat);
     let later = now + chrono::Duration::seconds(120);
-    let mut fresh = Handled::of(
-        &records[0],
-        Read {
-            attempts: 0,
-            skips: 0,
-        },
-        Fate::Retried,
-    );
+    let mut fresh = handled(&records[0], Fate::Retried);
     fresh.at = later;
     ledger.apply(&fresh, later);
     assert_eq!(
@@ -254,17 +175,7 @@ async fn a_second_copy_waits_for_the_first_then_is_a_repeat() {
         rx.try_recv().is_err(),
         "the copy waits while the first is in flight"
     );
-    ledger.apply(
-        &Handled::of(
-            &record,
-            Read {
-                attempts: 0,
-                skips: 0,
-            },
-            Fate::Delivered,
-        ),
-        Utc::now(),
-    );
+    ledger.apply(&handled(&record, Fate::Delivered), Utc::now());
     drop(first);
     copy.await.unwrap();
     assert_eq!(rx.recv().await, Some(Verdict::Repeat));
@@ -328,17 +239,7 @@ fn a_full_ledger_does_not_grow_its_tables() {
             "hook",
         );
         // Delivered: two entries each (the read and the delivery).
-        ledger.apply(
-            &Handled::of(
-                &r,
-                Read {
-                    attempts: 0,
-                    skips: 0,
-                },
-                Fate::Delivered,
-            ),
-            now,
-        );
+        ledger.apply(&handled(&r, Fate::Delivered), now);
     }
     assert_eq!(ledger.len(), capacity);
     let after = room(&ledger);

@@ -180,6 +180,13 @@ impl DeliveryRecord {
         delivery_key(&self.account_id, &self.channel_id)
     }
 
+    /// How long since this run of the delivery began (its creation, or its replay).
+    pub fn waited(&self, now: DateTime<Utc>) -> std::time::Duration {
+        (now - self.replayed_at.unwrap_or(self.created_at))
+            .to_std()
+            .unwrap_or_default()
+    }
+
     /// Whether a request was made and never answered: the provider may have acted on it.
     pub fn had_unanswered_attempt(&self) -> bool {
         self.attempts.iter().any(|a| a.status.is_none())

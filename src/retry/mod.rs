@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::delivery::Outcome;
+use crate::delivery::{Outcome, Skipped};
 use crate::model::Fate;
 
 /// Where a delivery goes next.
@@ -68,15 +68,29 @@ pub fn next_step(
     }
 }
 
-/// The plan for a delivery that was due but not let through to its destination (busy, open
-/// circuit), after `attempts` real attempts. A skip uses up no retry and never dead-letters:
-/// it waits in the tier of its attempts (at least the first, at most the last), so a slow
-/// but healthy provider in a storm loses nothing to the DLQ. With no tiers there is nowhere
-/// to wait.
-pub fn after_skip(reason: &str, attempts: u32, delays: &[Duration], now: DateTime<Utc>) -> Step {
-    if delays.is_empty() {
+/// The plan for a delivery that was due but not let through to its destination, after
+/// `attempts` real attempts and `waited` since the delivery began. A skip uses up no retry:
+/// the delivery waits in the tier of its attempts (at least the first, at most the last).
+/// - Busy (a slow but healthy provider in a storm): it never dead-letters.
+/// - Open circuit (the destination does not answer): once it has waited as long as the retry
+///   tiers together, it is dead-lettered, as its attempts would have been by then.
+///
+/// With no tiers there is nowhere to wait.
+pub fn after_skip(
+    skipped: &Skipped,
+    attempts: u32,
+    waited: Duration,
+    delays: &[Duration],
+    now: DateTime<Utc>,
+) -> Step {
+    let window: Duration = delays.iter().sum();
+    let unreachable = matches!(skipped, Skipped::CircuitOpen { .. });
+    if delays.is_empty() || (unreachable && waited >= window) {
         return Step::DeadLetter {
-            reason: format!("{reason}; no retry tier to wait in (retry.delays is empty)"),
+            reason: format!(
+                "{skipped}; gave up after {attempts} attempts and {}s of waiting",
+                waited.as_secs()
+            ),
         };
     }
     let tier = (attempts as usize).clamp(1, delays.len());
@@ -133,33 +147,69 @@ mod tests {
         );
     }
 
+    fn busy() -> Skipped {
+        Skipped::Busy {
+            destination: "hooks.example.com:443".into(),
+            cap: 256,
+        }
+    }
+
+    fn circuit_open() -> Skipped {
+        Skipped::CircuitOpen {
+            destination: "hooks.example.com:443".into(),
+            threshold: 5,
+            cooldown: Duration::from_secs(30),
+        }
+    }
+
     #[test]
-    fn a_skip_waits_in_the_tier_of_its_attempts_and_never_dead_letters() {
+    fn a_skip_waits_in_the_tier_of_its_attempts() {
         let now = Utc::now();
-        let busy = "not attempted: destination busy";
         let table = [
             (0, retry(1, now, 15)),
             (1, retry(1, now, 15)),
             (2, retry(2, now, 60)),
+            (3, retry(3, now, 240)),
+            (40, retry(3, now, 240)),
         ];
-        for (attempts, expected) in table {
-            assert_eq!(
-                after_skip(busy, attempts, &DELAYS, now),
-                expected,
-                "{attempts}"
-            );
+        for skipped in [busy(), circuit_open()] {
+            for (attempts, expected) in &table {
+                let step = after_skip(&skipped, *attempts, Duration::ZERO, &DELAYS, now);
+                assert_eq!(&step, expected, "{skipped}, {attempts} attempts");
+            }
         }
-        for attempts in [3, 4, 40] {
-            assert_eq!(
-                after_skip(busy, attempts, &DELAYS, now),
-                retry(3, now, 240),
-                "past the last tier it waits in the last tier again"
-            );
-        }
-        let Step::DeadLetter { reason } = after_skip(busy, 0, &[], now) else {
-            panic!("no tiers at all: nowhere to wait")
+    }
+
+    #[test]
+    fn only_an_open_circuit_dead_letters_and_only_after_the_retry_window() {
+        let now = Utc::now();
+        let window: Duration = DELAYS.iter().sum();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            after_skip(&busy(), 3, day, &DELAYS, now),
+            retry(3, now, 240),
+            "a busy destination answers: its deliveries wait however long"
+        );
+        let almost = window - Duration::from_secs(1);
+        assert_eq!(
+            after_skip(&circuit_open(), 1, almost, &DELAYS, now),
+            retry(1, now, 15)
+        );
+        let Step::DeadLetter { reason } = after_skip(&circuit_open(), 1, window, &DELAYS, now)
+        else {
+            panic!("waited as long as the tiers together")
         };
-        assert!(reason.starts_with(busy), "{reason}");
+        assert!(
+            reason.contains("circuit to hooks.example.com:443") && reason.contains("1 attempts"),
+            "{reason}"
+        );
+        assert!(
+            matches!(
+                after_skip(&busy(), 0, Duration::ZERO, &[], now),
+                Step::DeadLetter { .. }
+            ),
+            "no tiers at all: nowhere to wait"
+        );
     }
 
     #[test]
