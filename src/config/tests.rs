@@ -1,3 +1,5 @@
+//! Unit tests of the configuration: defaults, precedence, and every refusal naming its key.
+
 use super::*;
 use std::io::Write;
 

@@ -1,3 +1,5 @@
+//! Unit tests of the ledger: repeats, replays, superseded problems, skips, the window and capacity.
+
 use super::*;
 use serde_json::json;
 use std::sync::Arc;

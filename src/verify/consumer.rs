@@ -40,17 +40,17 @@ enum Unfinished {
 }
 
 pub struct Verifier {
-    pub topic: String,
-    pub markers: Arc<Markers>,
-    pub mailer: Arc<Mailer>,
-    pub output: Arc<Output>,
-    pub metrics: Arc<Metrics>,
-    pub delays: Vec<Duration>,
+    topic: String,
+    markers: Arc<Markers>,
+    mailer: Arc<Mailer>,
+    output: Arc<Output>,
+    metrics: Arc<Metrics>,
+    delays: Vec<Duration>,
     /// SMTP transactions in progress, at most [`SENDING_AT_ONCE`].
-    pub sending: Semaphore,
+    sending: Semaphore,
     /// Marker keys a task is handling now: a newer settings record of the account leaves
     /// them to that task, which finishes first (its offset is lower).
-    pub handling: Mutex<HashSet<String>>,
+    handling: Mutex<HashSet<String>>,
 }
 
 impl Verifier {
