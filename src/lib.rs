@@ -173,14 +173,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics: metrics.clone(),
     });
     let dispatcher = Arc::new(Dispatcher::new(&config)?);
-    let verifier = Arc::new(Verifier::new(
-        topics.verifications.clone(),
+    let verifier = Arc::new(Verifier {
+        topic: topics.verifications.clone(),
         markers,
-        dispatcher.mailer.clone(),
-        output.clone(),
-        metrics.clone(),
-        config.retry.delays.clone(),
-    ));
+        mailer: dispatcher.mailer.clone(),
+        output: output.clone(),
+        metrics: metrics.clone(),
+        delays: config.retry.delays.clone(),
+        in_progress: Default::default(),
+    });
     let deliverer = Arc::new(Deliverer {
         topics: topics.clone(),
         delays: config.retry.delays.clone(),

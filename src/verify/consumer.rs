@@ -40,40 +40,34 @@ enum Unfinished {
 }
 
 pub struct Verifier {
-    topic: String,
-    markers: Arc<Markers>,
-    mailer: Arc<Mailer>,
-    output: Arc<Output>,
-    metrics: Arc<Metrics>,
-    delays: Vec<Duration>,
-    /// SMTP transactions in progress, at most [`SENDING_AT_ONCE`].
+    pub topic: String,
+    pub markers: Arc<Markers>,
+    pub mailer: Arc<Mailer>,
+    pub output: Arc<Output>,
+    pub metrics: Arc<Metrics>,
+    pub delays: Vec<Duration>,
+    pub in_progress: InProgress,
+}
+
+/// What the verifier's tasks are doing now.
+pub struct InProgress {
+    /// SMTP transactions under way, at most [`SENDING_AT_ONCE`].
     sending: Semaphore,
-    /// Marker keys a task is handling now: a newer settings record of the account leaves
-    /// them to that task, which finishes first (its offset is lower).
+    /// Marker keys a task is handling: a newer settings record of the account leaves them to
+    /// that task, which finishes first (its offset is lower).
     handling: Mutex<HashSet<String>>,
 }
 
-impl Verifier {
-    pub fn new(
-        topic: String,
-        markers: Arc<Markers>,
-        mailer: Arc<Mailer>,
-        output: Arc<Output>,
-        metrics: Arc<Metrics>,
-        delays: Vec<Duration>,
-    ) -> Self {
+impl Default for InProgress {
+    fn default() -> Self {
         Self {
-            topic,
-            markers,
-            mailer,
-            output,
-            metrics,
-            delays,
             sending: Semaphore::new(SENDING_AT_ONCE),
             handling: Mutex::default(),
         }
     }
+}
 
+impl Verifier {
     pub async fn run(self: Arc<Self>, consumer: Arc<GroupConsumer>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         while let Some((message, pos)) = next_owned(&consumer, &shutdown).await {
@@ -130,7 +124,11 @@ impl Verifier {
                     shutdown,
                 )
                 .await;
-            self.handling.lock().expect("handling lock").remove(&key);
+            self.in_progress
+                .handling
+                .lock()
+                .expect("handling lock")
+                .remove(&key);
             handled?;
         }
         Ok(())
@@ -138,7 +136,8 @@ impl Verifier {
 
     /// Claims `key` for this task; false when another task is handling it.
     fn take(&self, key: &str) -> bool {
-        self.handling
+        self.in_progress
+            .handling
             .lock()
             .expect("handling lock")
             .insert(key.to_owned())
@@ -184,7 +183,7 @@ impl Verifier {
             let sent = {
                 let _sending = tokio::select! {
                     _ = shutdown.cancelled() => return Err(Unfinished::Stopping),
-                    permit = self.sending.acquire() => permit.expect("never closed"),
+                    permit = self.in_progress.sending.acquire() => permit.expect("never closed"),
                 };
                 self.mailer.send(address, &email, None).await
             };
