@@ -173,6 +173,18 @@ impl Event {
         self.kind().ends_with(".recovered")
     }
 
+    /// The problem event types a recovery resolves (CONTRACT §4); none for other events.
+    pub fn resolves(&self) -> &'static [&'static str] {
+        let condition = self.alert().get("condition").and_then(Value::as_str);
+        match (self.kind(), condition) {
+            ("monitor.recovered", _) => &["monitor.down", "monitor.degraded"],
+            ("server.recovered", Some("offline")) => &["server.offline"],
+            ("server.recovered", Some("anomaly")) => &["server.anomaly"],
+            ("server.recovered", _) => &["server.offline", "server.anomaly"],
+            _ => &[],
+        }
+    }
+
     /// The webhook body of the product page: `{"event", "<product>", "alert"}`, nothing else;
     /// written from the event by reference.
     pub fn webhook_body(&self) -> WebhookBody<'_> {

@@ -197,10 +197,22 @@ impl Channel {
     }
 
     /// Whether this channel wants the event: enabled, type matches, severity high enough.
+    /// A recovery follows its problem (CONTRACT §4): it ignores `min_severity`, and goes
+    /// wherever `events` accepts it or any problem it resolves, so a channel told about a
+    /// problem is always told when it is over.
     pub fn accepts(&self, event: &Event) -> bool {
-        self.deliverable()
-            && event.severity() >= self.min_severity
-            && (self.events.is_empty() || self.events.iter().any(|p| glob_match(p, event.kind())))
+        if !self.deliverable() {
+            return false;
+        }
+        if event.is_recovery() {
+            return self.wants(event.kind()) || event.resolves().iter().any(|k| self.wants(k));
+        }
+        event.severity() >= self.min_severity && self.wants(event.kind())
+    }
+
+    /// Whether `events` lets this event type through.
+    fn wants(&self, kind: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|p| glob_match(p, kind))
     }
 }
 
@@ -275,5 +287,74 @@ mod tests {
         };
         assert_eq!(headers[0].0, "Authorization");
         assert_eq!(headers[0].1.expose(), "Bearer s3cr3t");
+    }
+
+    #[test]
+    fn a_recovery_follows_its_problem() {
+        let channel = |filters: Value| -> Channel {
+            let mut c = json!({"id": "c", "type": "webhook", "url": "https://h.example"});
+            c.as_object_mut()
+                .unwrap()
+                .extend(filters.as_object().unwrap().clone());
+            serde_json::from_value(c).unwrap()
+        };
+        let event = |kind: &str, alert: Value| {
+            let product = kind.split('.').next().unwrap();
+            let e = json!({"event": kind, "event_id": "e", "account_id": "a",
+                "occurred_at": "2025-01-15T10:30:00Z", product: {"id": "r", "name": "R"},
+                "alert": alert});
+            Event::decode(Some(e.to_string().as_bytes())).unwrap()
+        };
+        let up = event("monitor.recovered", json!({}));
+        let back = |condition: &str| event("server.recovered", json!({"condition": condition}));
+        let table = [
+            (json!({"min_severity": "critical"}), &up, true),
+            (json!({"events": ["monitor.down"]}), &up, true),
+            (json!({"events": ["monitor.degraded"]}), &up, true),
+            (json!({"events": ["monitor.*"]}), &up, true),
+            (json!({"events": ["monitor.recovered"]}), &up, true),
+            (json!({"events": ["server.*"]}), &up, false),
+            (json!({"events": ["monitor.ssl_expiring"]}), &up, false),
+            (
+                json!({"events": ["monitor.down"], "enabled": false}),
+                &up,
+                false,
+            ),
+            (
+                json!({"events": ["server.offline"]}),
+                &back("offline"),
+                true,
+            ),
+            (
+                json!({"events": ["server.offline"]}),
+                &back("anomaly"),
+                false,
+            ),
+            (
+                json!({"events": ["server.anomaly"]}),
+                &back("anomaly"),
+                true,
+            ),
+            (
+                json!({"events": ["server.anomaly"], "min_severity": "critical"}),
+                &back("anomaly"),
+                true,
+            ),
+        ];
+        for (filters, event, expected) in table {
+            assert_eq!(
+                channel(filters.clone()).accepts(event),
+                expected,
+                "{filters} for {}",
+                event.kind()
+            );
+        }
+        let down = event("monitor.down", json!({}));
+        assert!(!channel(json!({"events": ["monitor.recovered"]})).accepts(&down));
+        let degraded = event("monitor.degraded", json!({}));
+        assert!(
+            !channel(json!({"min_severity": "critical"})).accepts(&degraded),
+            "problems still keep to min_severity"
+        );
     }
 }

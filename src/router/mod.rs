@@ -101,6 +101,15 @@ mod tests {
             decide(Some(&event("monitor.down", "acc_x")), &cache, now),
             Decision::NoRoute(_)
         ));
+        assert_eq!(
+            channels(decide(
+                Some(&event("monitor.recovered", "acc_42")),
+                &cache,
+                now
+            )),
+            ["all", "critical"],
+            "a recovery follows its problem: min_severity does not hold it back"
+        );
         assert!(matches!(
             decide(Some(b"{}"), &cache, now),
             Decision::Reject(_)

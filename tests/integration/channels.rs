@@ -162,16 +162,16 @@ async fn discord_gets_one_colored_embed_and_each_error_class() {
     );
     discord.respond_when("", vec![], Reply::json(200, json!({"id": "1"})));
     let setup = setup_with("discord", &discord).await;
-    let hook = |id: &str, path: &str, events: Value| json!({"id": id, "type": "discord", "webhook_url": format!("{}/api/webhooks/{path}", discord.base), "events": events});
-    let service = running(
-        &setup,
-        vec![
-            hook("ok", "1/ok", json!([])),
-            hook("gone", "2/gone", json!(["monitor.down"])),
-            hook("slow", "3/slow", json!(["monitor.down"])),
-        ],
-    )
-    .await;
+    let hook = |id: &str, path: &str| json!({"id": id, "type": "discord", "webhook_url": format!("{}/api/webhooks/{path}", discord.base)});
+    // The error classes get one alert, in an account of their own: a recovery follows its
+    // problem to every channel that had it.
+    setup.create_service_topics().await;
+    let errors = vec![hook("gone", "2/gone"), hook("slow", "3/slow")];
+    setup
+        .put_settings("errors", &settings("errors", 1, errors))
+        .await;
+    let service = running(&setup, vec![hook("ok", "1/ok")]).await;
+    setup.send_event(&seed_event("evt_d0", "errors")).await;
     setup.send_event(&seed_event("evt_d1", "acc")).await;
     let mut recovered = seed_event("evt_d2", "acc");
     recovered["event"] = json!("monitor.recovered");
@@ -264,16 +264,17 @@ async fn pagerduty_triggers_then_resolves_one_incident_and_each_error_class() {
     pd.respond_when("", vec![], accepted);
     let setup = setup_with("pagerduty", &pd).await;
     let ok_key = "0123456789abcdef0123456789abcdef";
-    let channel = |id: &str, key: &str, events: Value| json!({"id": id, "type": "pagerduty", "integration_key": key, "events": events});
-    let service = running(
-        &setup,
-        vec![
-            channel("pd", ok_key, json!([])),
-            channel("bad", bad_key, json!(["monitor.down"])),
-            channel("flaky", flaky_key, json!(["monitor.down"])),
-        ],
-    )
-    .await;
+    let channel =
+        |id: &str, key: &str| json!({"id": id, "type": "pagerduty", "integration_key": key});
+    // The error classes get one alert, in an account of their own: a recovery follows its
+    // problem to every channel that had it.
+    setup.create_service_topics().await;
+    let errors = vec![channel("bad", bad_key), channel("flaky", flaky_key)];
+    setup
+        .put_settings("errors", &settings("errors", 1, errors))
+        .await;
+    let service = running(&setup, vec![channel("pd", ok_key)]).await;
+    setup.send_event(&seed_event("evt_p0", "errors")).await;
     setup.send_event(&seed_event("evt_p1", "acc")).await;
     let trigger = requests_with(&pd, ok_key, 1).await.remove(0);
     // The recovery is sent once the alert is in: ordering between the two is issue 5's.
