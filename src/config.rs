@@ -3,12 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
 use lettre::message::Mailbox;
 use reqwest::Url;
 use serde::Deserialize;
+
+use crate::model::Rate;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
 const ENV_PREFIX: &str = "SYSMOS_NOTIFY";
@@ -90,6 +93,10 @@ pub struct DeliveryConfig {
     /// of receivers inside the network), read when the configuration is loaded.
     #[serde(default)]
     pub ca_file: Option<CaFile>,
+    /// A delivery that has waited this long only for its provider's rate limit is
+    /// dead-lettered with that reason.
+    #[serde(deserialize_with = "duration")]
+    pub max_pending: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,8 +116,16 @@ pub struct DashboardConfig {
 #[serde(deny_unknown_fields)]
 pub struct ChannelsConfig {
     pub slack: SlackConfig,
+    pub discord: DiscordConfig,
     pub pagerduty: PagerDutyConfig,
     pub email: EmailConfig,
+}
+
+/// A provider bucket's pace (CONTRACT §5a): `rate` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub rate: Rate,
+    pub burst: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +133,17 @@ pub struct ChannelsConfig {
 pub struct SlackConfig {
     #[serde(deserialize_with = "http_url")]
     pub api_base_url: Url,
+    /// Sustained pace per Slack channel (bot token + channel).
+    pub rate: Rate,
+    pub burst: NonZeroU32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// Sustained pace per webhook, until its `X-RateLimit-*` headers say otherwise.
+    pub rate: Rate,
+    pub burst: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +151,9 @@ pub struct SlackConfig {
 pub struct PagerDutyConfig {
     #[serde(deserialize_with = "http_url")]
     pub events_url: Url,
+    /// Sustained pace per integration key.
+    pub rate: Rate,
+    pub burst: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +162,18 @@ pub struct EmailConfig {
     pub smtp_url: SmtpUrl,
     #[serde(deserialize_with = "mailbox")]
     pub from: Mailbox,
+    /// Sustained pace of alert emails per recipient.
+    pub rate: Rate,
+    pub burst: NonZeroU32,
+}
+
+/// Every provider's bucket pace, from `channels.*.rate` and `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paces {
+    pub slack: Pace,
+    pub discord: Pace,
+    pub pagerduty: Pace,
+    pub email: Pace,
 }
 
 impl Config {
@@ -262,6 +303,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The pace of each provider's buckets.
+    pub fn paces(&self) -> Paces {
+        let c = &self.channels;
+        let pace = |rate, burst| Pace { rate, burst };
+        Paces {
+            slack: pace(c.slack.rate, c.slack.burst),
+            discord: pace(c.discord.rate, c.discord.burst),
+            pagerduty: pace(c.pagerduty.rate, c.pagerduty.burst),
+            email: pace(c.email.rate, c.email.burst),
+        }
     }
 
     /// The dashboard URL without a trailing slash, ready for `/monitors/{id}`.

@@ -15,6 +15,7 @@
 //! - `router`: event → one delivery record per accepting channel (`router::decide`).
 //! - `deliverer`: the loop over the delivery topics, and each record's pipeline.
 //! - `ledger`: what became of recent delivery records (`P.handled`): repeats, superseded problems.
+//! - `pacing`: provider rate limits: each bucket's turns and holds.
 //! - `delivery`: one attempt to one provider, the outcome classifiers, destination caps and circuits.
 //! - `render`: what each provider receives, as pure functions.
 //! - `retry`: the tier plan (`retry::next_step`).
@@ -31,6 +32,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub(crate) mod pacing;
 pub mod render;
 pub(crate) mod retry;
 pub(crate) mod router;
@@ -53,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Readiness;
 use crate::config::Config;
-use crate::deliverer::{Deliverer, UNFINISHED_PER_ATTEMPT};
+use crate::deliverer::{Deliverer, UNFINISHED_PER_ATTEMPT, WAITING_ROOM};
 use crate::delivery::Dispatcher;
 use crate::kafka::client;
 use crate::kafka::context::{commit_stored, subscribed, ServiceContext};
@@ -61,6 +63,7 @@ use crate::kafka::producer::Output;
 use crate::kafka::topics::Topics;
 use crate::ledger::{Journal, Ledger};
 use crate::metrics::Metrics;
+use crate::pacing::Pacer;
 use crate::router::consumer::Router;
 use crate::settings_cache::SettingsCache;
 use crate::verify::consumer::Verifier;
@@ -196,6 +199,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         unfinished: Arc::new(Semaphore::new(
             config.delivery.max_in_flight * UNFINISHED_PER_ATTEMPT,
         )),
+        pacer: Pacer::default(),
+        paces: config.paces(),
+        // Short waits in memory: up to the first tier's delay (a paced bucket's turn comes in
+        // seconds); longer ones in the tiers, so no offset stays unstored for long.
+        patience: config
+            .retry
+            .delays
+            .first()
+            .copied()
+            .unwrap_or(Duration::from_secs(15)),
+        waiting: Arc::new(Semaphore::new(WAITING_ROOM)),
+        max_pending: chrono::Duration::from_std(config.delivery.max_pending)
+            .unwrap_or(chrono::Duration::MAX),
     });
     tracing::info!(topics = ?kafka.event_topics, group = %kafka.group_id, "routing events");
     let routing = tokio::spawn(router.run(router_consumer.clone(), shutdown.clone(), drain));

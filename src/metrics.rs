@@ -59,6 +59,8 @@ pub struct Metrics {
     verifications: IntCounterVec,
     not_attempted: IntCounterVec,
     circuits_opened: IntCounterVec,
+    rate_limited: IntCounterVec,
+    waiting: IntGaugeVec,
 }
 
 impl Metrics {
@@ -158,6 +160,22 @@ impl Metrics {
             &["channel"],
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "sysmos_notify_rate_limited_total",
+                "Rate-limit answers received from providers (HTTP 429, Slack ratelimited, SMTP 421/454), by channel type.",
+            ),
+            &["channel"],
+        )
+        .expect("valid metric");
+        let waiting = IntGaugeVec::new(
+            Opts::new(
+                "sysmos_notify_waiting_deliveries",
+                "Deliveries waiting here for their provider bucket's turn (paced, or held after a rate-limit answer), by channel type.",
+            ),
+            &["channel"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(deliveries.clone()),
@@ -171,6 +189,8 @@ impl Metrics {
             Box::new(verifications.clone()),
             Box::new(not_attempted.clone()),
             Box::new(circuits_opened.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(waiting.clone()),
         ] {
             names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
             registry
@@ -185,6 +205,8 @@ impl Metrics {
             for outcome in ["delivered", "retried", "dead_lettered", "dropped"] {
                 deliveries.with_label_values(&[channel, outcome]);
             }
+            rate_limited.with_label_values(&[channel]);
+            waiting.with_label_values(&[channel]);
         }
         for outcome in ["applied", "stale", "removed", "invalid"] {
             config_records.with_label_values(&[outcome]);
@@ -207,7 +229,19 @@ impl Metrics {
             verifications,
             not_attempted,
             circuits_opened,
+            rate_limited,
+            waiting,
         }
+    }
+
+    /// A provider answered "too many" (CONTRACT §5a).
+    pub fn rate_limited(&self, channel: &str) {
+        self.rate_limited.with_label_values(&[channel]).inc();
+    }
+
+    /// One more (`1`) or one fewer (`-1`) delivery waits for its bucket's turn.
+    pub fn waiting(&self, channel: &str, change: i64) {
+        self.waiting.with_label_values(&[channel]).add(change);
     }
 
     /// A delivery moved on without a request (`busy` or `circuit_open`).

@@ -53,15 +53,30 @@ impl Config {
                 "dedup_window": format!("{:?}", self.delivery.dedup_window),
                 "dedup_capacity": self.delivery.dedup_capacity,
                 "ca_file": self.delivery.ca_file.as_ref().map(|ca| ca.path.display().to_string()),
+                "max_pending": format!("{:?}", self.delivery.max_pending),
             },
             "http": {"listen": self.http.listen.to_string()},
             "dashboard": {"base_url": self.dashboard.base_url.as_str()},
             "channels": {
-                "slack": {"api_base_url": self.channels.slack.api_base_url.as_str()},
-                "pagerduty": {"events_url": self.channels.pagerduty.events_url.as_str()},
+                "slack": {
+                    "api_base_url": self.channels.slack.api_base_url.as_str(),
+                    "rate": self.channels.slack.rate.to_string(),
+                    "burst": self.channels.slack.burst,
+                },
+                "discord": {
+                    "rate": self.channels.discord.rate.to_string(),
+                    "burst": self.channels.discord.burst,
+                },
+                "pagerduty": {
+                    "events_url": self.channels.pagerduty.events_url.as_str(),
+                    "rate": self.channels.pagerduty.rate.to_string(),
+                    "burst": self.channels.pagerduty.burst,
+                },
                 "email": {
                     "smtp_url": self.channels.email.smtp_url.masked(),
                     "from": self.channels.email.from.to_string(),
+                    "rate": self.channels.email.rate.to_string(),
+                    "burst": self.channels.email.burst,
                 },
             },
         })

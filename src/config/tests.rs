@@ -44,6 +44,13 @@ fn defaults_match_the_contract() {
     assert!(!s.delivery.allow_private_targets);
     assert_eq!(s.http.listen.to_string(), "0.0.0.0:9464");
     assert!(s.delivery.ca_file.is_none());
+    assert_eq!(s.delivery.max_pending, Duration::from_secs(3600));
+    let paces = s.paces();
+    let pace = |p: Pace| (p.rate.to_string(), p.burst.get());
+    assert_eq!(pace(paces.slack), ("1/1s".to_owned(), 5));
+    assert_eq!(pace(paces.discord), ("5/2s".to_owned(), 5));
+    assert_eq!(pace(paces.pagerduty), ("100/1m".to_owned(), 20));
+    assert_eq!(pace(paces.email), ("1/1m".to_owned(), 5));
     assert_eq!(s.dashboard_base(), "https://app.sysmos.io");
     assert_eq!(
         s.channels.slack.api_base_url.as_str(),
@@ -165,6 +172,31 @@ fn refusals_name_the_key() {
             "[delivery]\ndedup_capacity = 0\n",
             &[],
             "delivery.dedup_capacity",
+        ),
+        (
+            "[channels.slack]\nrate = \"fast\"\n",
+            &[],
+            "channels.slack.rate",
+        ),
+        (
+            "[channels.pagerduty]\nburst = 0\n",
+            &[],
+            "channels.pagerduty.burst",
+        ),
+        (
+            "[channels.discord]\nrate = \"5/2s\"\nglobal = true\n",
+            &[],
+            "global",
+        ),
+        (
+            "",
+            &[("SYSMOS_NOTIFY__CHANNELS__EMAIL__RATE", "0/1m")],
+            "channels.email.rate",
+        ),
+        (
+            "[delivery]\nmax_pending = \"soon\"\n",
+            &[],
+            "delivery.max_pending",
         ),
         (
             "[delivery]\nca_file = \"/nonexistent/ca.pem\"\n",

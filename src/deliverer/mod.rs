@@ -11,13 +11,14 @@ mod plan;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rdkafka::consumer::Consumer;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Message, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Paces;
 use crate::delivery::Dispatcher;
 use crate::kafka::context::{next_owned, GroupConsumer};
 use crate::kafka::offsets::Position;
@@ -25,6 +26,9 @@ use crate::kafka::producer::Output;
 use crate::kafka::topics::Topics;
 use crate::ledger::{InFlight, Journal, Ledger};
 use crate::metrics::Metrics;
+use crate::model::DeliveryRecord;
+use crate::pacing::Pacer;
+use crate::retry::Step;
 use crate::settings_cache::SettingsCache;
 
 pub struct Deliverer {
@@ -46,7 +50,20 @@ pub struct Deliverer {
     /// [`UNFINISHED_PER_ATTEMPT`] times `permits`, so the writes, which wait on the broker,
     /// do not hold attempt slots.
     pub unfinished: Arc<Semaphore>,
+    /// Each provider bucket's turns and holds.
+    pub pacer: Pacer,
+    pub paces: Paces,
+    /// The longest wait for a bucket spent in the waiting room; a longer one in a retry tier.
+    pub patience: Duration,
+    /// The waiting room: at most [`WAITING_ROOM`] deliveries wait here at once, each with its
+    /// offset unstored behind it.
+    pub waiting: Arc<Semaphore>,
+    /// `delivery.max_pending`.
+    pub max_pending: chrono::Duration,
 }
+
+/// Deliveries that may wait in memory for their bucket at once; more wait in a retry tier.
+pub const WAITING_ROOM: usize = 4096;
 
 /// Deliveries read and not yet finished, per attempt slot. A delivery holds an attempt slot
 /// only while its request is made; its outcome and `P.handled` are written and acknowledged
@@ -73,8 +90,10 @@ impl Deliverer {
                     continue;
                 }
             };
-            let wait = record
-                .not_before
+            let tier = self.topics.tier_of(message.topic()).unwrap_or(0);
+            let written = message.timestamp().to_millis();
+            let wait = self
+                .tier_due(&record, tier, written)
                 .and_then(|due| (due - Utc::now()).to_std().ok())
                 .filter(|wait| !wait.is_zero());
             if let Some(wait) = wait {
@@ -96,7 +115,15 @@ impl Deliverer {
                         _ = shutdown.cancelled() => return,
                         permit = this.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
                     };
-                    this.handle(record, consumer, pos, unfinished, shutdown).await;
+                    match record.not_before.filter(|due| *due > Utc::now()) {
+                        // Waited the tier's delay and still not due: to the tier's end again.
+                        Some(not_before) => {
+                            let step = Step::Retry { tier, not_before };
+                            this.finish_with(record, step, consumer, pos).await;
+                            drop(unfinished);
+                        }
+                        None => this.handle(record, consumer, pos, unfinished, shutdown).await,
+                    }
                 });
                 continue;
             }
@@ -115,6 +142,31 @@ impl Deliverer {
         tracker.close();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             tracing::warn!("deliveries still in flight at the drain deadline; they will be repeated after restart");
+        }
+    }
+}
+
+impl Deliverer {
+    /// When a record read from `tier` (written at `written_ms`) is to be looked at again:
+    /// its `not_before`, but no later than the tier's own delay after it was written. Every
+    /// record of a tier is then due in the order it was written, so pausing a partition until
+    /// its head is due holds back nothing that is due sooner; a record that waits longer
+    /// (a `Retry-After`, a bucket's turn) goes round the tier again.
+    fn tier_due(
+        &self,
+        record: &DeliveryRecord,
+        tier: usize,
+        written_ms: Option<i64>,
+    ) -> Option<DateTime<Utc>> {
+        let due = record.not_before?;
+        let delay = tier.checked_sub(1).and_then(|k| self.delays.get(k));
+        let written = written_ms.and_then(DateTime::from_timestamp_millis);
+        match (delay, written) {
+            (Some(delay), Some(written)) => {
+                let tier_due = written + chrono::Duration::from_std(*delay).ok()?;
+                Some(due.min(tier_due))
+            }
+            _ => Some(due),
         }
     }
 }

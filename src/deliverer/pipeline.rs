@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio::sync::OwnedSemaphorePermit;
@@ -20,7 +21,8 @@ use crate::kafka::offsets::Position;
 use crate::kafka::producer::OutRecord;
 use crate::ledger::{Handled, Read, Verdict};
 use crate::model::{incident_key, Channel, ChannelKind, DeliveryRecord, Fate};
-use crate::retry::{after_skip, next_step, Step};
+use crate::pacing::{self, Need};
+use crate::retry::{self, after_skip, next_step, Step};
 
 impl Deliverer {
     /// Handles one record read from a delivery topic, holding `_unfinished` until its offset
@@ -30,8 +32,23 @@ impl Deliverer {
         record: DeliveryRecord,
         consumer: Arc<GroupConsumer>,
         pos: Position,
-        _unfinished: OwnedSemaphorePermit,
+        unfinished: OwnedSemaphorePermit,
         shutdown: CancellationToken,
+    ) {
+        self.handle_with(record, consumer, pos, unfinished, shutdown, false)
+            .await
+    }
+
+    /// As [`Deliverer::handle`]; `has_turn` when the record waited in line for its buckets'
+    /// turn already.
+    async fn handle_with(
+        self: Arc<Self>,
+        record: DeliveryRecord,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+        unfinished: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+        has_turn: bool,
     ) {
         // Taken before the ledger is asked, so its verdict is fresh when the request is made.
         let slot = tokio::select! {
@@ -57,7 +74,28 @@ impl Deliverer {
                 return;
             }
             (Verdict::Attempt, Some(channel)) => {
-                self.send(record, channel, consumer, pos, slot).await;
+                let needs = pacing::needs(&record, &channel, &self.paces);
+                if !has_turn {
+                    if let Err(wait) = self.pacer.try_take(&needs, Instant::now()) {
+                        drop((slot, _claim));
+                        let waiting = (record, needs, wait);
+                        return self
+                            .wait(waiting, consumer, pos, unfinished, shutdown)
+                            .await;
+                    }
+                }
+                let slots = (slot, unfinished);
+                let sent = self
+                    .send(record, channel, needs, &consumer, &pos, slots)
+                    .await;
+                // A rate-limit answer: the delivery waits again, without its claim (the same
+                // record is claimed again when its turn comes).
+                if let Some((waiting, unfinished)) = sent {
+                    drop(_claim);
+                    return self
+                        .wait(waiting, consumer, pos, unfinished, shutdown)
+                        .await;
+                }
                 return;
             }
             (Verdict::Superseded, channel) => {
@@ -88,14 +126,16 @@ impl Deliverer {
 
     /// The attempt itself (unless the destination does not let it through), and the writes
     /// of where the delivery goes next.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         mut record: DeliveryRecord,
         channel: Channel,
-        consumer: Arc<GroupConsumer>,
-        pos: Position,
-        slot: OwnedSemaphorePermit,
-    ) {
+        needs: Vec<Need>,
+        consumer: &GroupConsumer,
+        pos: &Position,
+        (slot, unfinished): (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    ) -> Option<(Waiting, OwnedSemaphorePermit)> {
         let read = Read::of(&record);
         let kind = channel.kind.name();
         let at = Utc::now();
@@ -110,11 +150,38 @@ impl Deliverer {
                 after_skip(skipped, attempts, record.waited(now), &self.delays, now)
             }
             Ok(Attempted {
+                outcome:
+                    Outcome::RateLimited {
+                        wait,
+                        provider_wide,
+                        error,
+                        ..
+                    },
+                reached,
+                ..
+            }) => {
+                self.metrics.request_duration(kind, elapsed.as_secs_f64());
+                self.metrics.rate_limited(kind);
+                self.hold(&needs, *wait, *provider_wide);
+                // Recipients an email reached before the server said 421 keep their copy.
+                record.reached.extend(reached.iter().cloned());
+                tracing::warn!(account = %record.account_id, channel = %record.channel_id, channel_type = kind,
+                    delivery = %record.delivery_id, ?wait, provider_wide, %error,
+                    "rate limited by the provider: its bucket waits (no retry used up)");
+                drop(slot);
+                return Some(((record, needs, *wait), unfinished));
+            }
+            Ok(Attempted {
                 outcome,
                 reached,
                 opened_circuit,
+                hold,
             }) => {
                 self.metrics.request_duration(kind, elapsed.as_secs_f64());
+                if let Some(wait) = hold {
+                    self.hold(&needs, *wait, false);
+                }
+                record.waiting_since = None;
                 if *opened_circuit {
                     self.metrics.circuit_opened(kind);
                     tracing::warn!(account = %record.account_id, channel = %record.channel_id, channel_type = kind,
@@ -141,13 +208,154 @@ impl Deliverer {
         // the next tier not (a kill between the two), the re-read record would be skipped and
         // the delivery lost. The other way round, the worst is a repeat.
         if !records.is_empty() && self.output.write(records).await.is_err() {
-            return; // stopping and the broker did not take it: not finished, repeated after restart
+            return None; // stopping and the broker did not take it: repeated after restart
+        }
+        if !self.journal.record(Handled::of(&record, read, fate)).await {
+            return None;
+        }
+        self.metrics.delivery(kind, fate);
+        log(&record, kind, &sent, &step, elapsed.as_millis() as u64);
+        finish(consumer, pos);
+        drop(unfinished);
+        None
+    }
+
+    /// Holds `needs`' buckets (or, `provider_wide`, their whole provider) for `wait`.
+    fn hold(&self, needs: &[Need], wait: std::time::Duration, provider_wide: bool) {
+        let until = Instant::now() + wait;
+        for need in needs {
+            if provider_wide {
+                self.pacer.hold_provider(need.key.provider, until);
+            } else {
+                self.pacer.hold(&need.key, until);
+            }
+        }
+    }
+
+    /// A delivery that must wait about `wait` for a turn in its buckets (`needs`). A short
+    /// wait is spent here, in the waiting room, in line for the buckets (first come, first
+    /// served), with the record's offset unstored behind it and no slot held; a long one, or
+    /// one that finds the room full, in a retry tier (no retry used up). Past
+    /// `delivery.max_pending` of waiting it is dead-lettered.
+    pub(super) async fn wait(
+        self: Arc<Self>,
+        (mut record, needs, wait): Waiting,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+        unfinished: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let now = Utc::now();
+        let since = *record.waiting_since.get_or_insert(now);
+        if now - since >= self.max_pending {
+            let waited = (now - since).to_std().unwrap_or_default();
+            let reason = format!(
+                "waited {} for its provider's rate limit (delivery.max_pending)",
+                humantime::format_duration(std::time::Duration::from_secs(waited.as_secs()))
+            );
+            return self
+                .finish_with(record, Step::DeadLetter { reason }, consumer, pos)
+                .await;
+        }
+        let room = self.waiting.clone().try_acquire_owned().ok();
+        let Some(room) = room else {
+            return self
+                .park((record, needs, wait), since, consumer, pos, unfinished)
+                .await;
+        };
+        drop(unfinished);
+        let kind = record.channel_type.clone();
+        self.metrics.waiting(&kind, 1);
+        let turn = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            turn = self.pacer.turn(&needs, self.patience) => Some(turn),
+        };
+        self.metrics.waiting(&kind, -1);
+        drop(room);
+        let ours = consumer
+            .context()
+            .assignment
+            .lock()
+            .expect("assignment lock")
+            .is_current(&pos);
+        let (Some(turn), true) = (turn, ours) else {
+            return; // not finished: read again after the restart, or by the partition's new owner
+        };
+        let unfinished = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = self.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        match turn {
+            Ok(()) => {
+                let handling = self.handle_with(record, consumer, pos, unfinished, shutdown, true);
+                Box::pin(handling).await
+            }
+            // Its bucket is held long, or its line is full: a tier, then.
+            Err(wait) => {
+                let waiting = (record, needs, wait);
+                self.park(waiting, since, consumer, pos, unfinished).await
+            }
+        }
+    }
+
+    /// Parks a waiting delivery in the retry tier that fits its wait, with its turn booked;
+    /// dead-letters it if that turn lies past `delivery.max_pending`.
+    async fn park(
+        &self,
+        (record, needs, wait): Waiting,
+        since: chrono::DateTime<Utc>,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+        unfinished: OwnedSemaphorePermit,
+    ) {
+        let now = Utc::now();
+        let allowed = (self.max_pending - (now - since))
+            .to_std()
+            .unwrap_or_default();
+        let wait = wait.max(self.pacer.book(&needs, Instant::now()));
+        if wait > allowed {
+            let reason = format!(
+                "its provider's rate limit would keep it waiting past delivery.max_pending \
+                 (its turn is {} away)",
+                humantime::format_duration(std::time::Duration::from_secs(wait.as_secs()))
+            );
+            return self
+                .finish_with(record, Step::DeadLetter { reason }, consumer, pos)
+                .await;
+        }
+        let step = retry::park(wait, &self.delays, now).unwrap_or_else(|| Step::DeadLetter {
+            reason: "waiting for its provider's rate limit, with no retry tier to wait in \
+                     (retry.delays is empty)"
+                .to_owned(),
+        });
+        self.finish_with(record, step, consumer, pos).await;
+        drop(unfinished);
+    }
+
+    /// Writes a record that made no attempt (parked, cycled, expired) where `step` says:
+    /// as a copy with one more skip, so the copy is a new read for the ledger.
+    pub(super) async fn finish_with(
+        &self,
+        mut record: DeliveryRecord,
+        step: Step,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+    ) {
+        let read = Read::of(&record);
+        record.skips += 1;
+        let Outputs { records, fate } =
+            plan::outputs(&mut record, &step, false, &self.topics, Utc::now());
+        if !records.is_empty() && self.output.write(records).await.is_err() {
+            return;
         }
         if !self.journal.record(Handled::of(&record, read, fate)).await {
             return;
         }
-        self.metrics.delivery(kind, fate);
-        log(&record, kind, &sent, &step, elapsed.as_millis() as u64);
+        self.metrics.delivery(&record.channel_type, fate);
+        if let Step::DeadLetter { reason } = &step {
+            tracing::error!(account = %record.account_id, channel = %record.channel_id,
+                delivery = %record.delivery_id, %reason, "delivery dead-lettered");
+        }
         finish(&consumer, &pos);
     }
 
@@ -193,6 +401,9 @@ impl Deliverer {
         }
     }
 }
+
+/// A delivery waiting for a turn in its buckets (`needs`), for about how long.
+pub(super) type Waiting = (DeliveryRecord, Vec<Need>, std::time::Duration);
 
 /// One line per handled attempt or skip, at the level an operator needs.
 fn log(

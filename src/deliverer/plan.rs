@@ -92,7 +92,9 @@ pub fn attempt_of(
 ) -> Attempt {
     let error = match outcome {
         Outcome::Delivered { .. } => None,
-        Outcome::Retry { error, .. } | Outcome::Permanent { error, .. } => Some(error.clone()),
+        Outcome::Retry { error, .. }
+        | Outcome::Permanent { error, .. }
+        | Outcome::RateLimited { error, .. } => Some(error.clone()),
     };
     Attempt {
         attempt: number,

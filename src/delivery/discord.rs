@@ -10,14 +10,14 @@ use serde_json::Value;
 use super::guard::check_url;
 use super::http::{excerpt, read_limited};
 use super::outcome::{classify_status, classify_transport, retry_after, Outcome, MAX_RETRY_AFTER};
-use super::Dispatcher;
+use super::{Attempted, Dispatcher};
 use crate::model::Secret;
 use crate::render::{discord, Alert};
 
-pub async fn send(dispatcher: &Dispatcher, alert: &Alert<'_>, webhook_url: &Secret) -> Outcome {
+pub async fn send(dispatcher: &Dispatcher, alert: &Alert<'_>, webhook_url: &Secret) -> Attempted {
     let mut url = match check_url(webhook_url.expose(), dispatcher.policy) {
         Ok(url) => url,
-        Err(refused) => return refused.into(),
+        Err(refused) => return Outcome::from(refused).into(),
     };
     // `wait=true`: Discord answers once the message exists, so a 2xx means it was posted.
     url.query_pairs_mut().append_pair("wait", "true");
@@ -37,10 +37,29 @@ pub async fn send(dispatcher: &Dispatcher, alert: &Alert<'_>, webhook_url: &Secr
             } else {
                 read_limited(response).await
             };
-            classify(status, &headers, &answer, Utc::now())
+            Attempted {
+                hold: exhausted(&headers),
+                ..classify(status, &headers, &answer, Utc::now()).into()
+            }
         }
-        Err(error) => classify_transport(&error, dispatcher.timeout),
+        Err(error) => classify_transport(&error, dispatcher.timeout).into(),
     }
+}
+
+/// How long the webhook's bucket is empty for, when Discord says so: `X-RateLimit-Remaining:
+/// 0` with `X-RateLimit-Reset-After` (seconds, may be fractional).
+pub fn exhausted(headers: &HeaderMap) -> Option<Duration> {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|n| n.is_finite() && *n >= 0.0)
+    };
+    let remaining = number("x-ratelimit-remaining")?;
+    let reset_after = number("x-ratelimit-reset-after")?;
+    (remaining < 1.0)
+        .then(|| Duration::from_secs_f64(reset_after.min(MAX_RETRY_AFTER.as_secs_f64())))
 }
 
 /// The status table, with Discord's details: 429 waits for the JSON `retry_after` (seconds,
@@ -54,17 +73,25 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: DateTime<Utc
         .and_then(Value::as_str)
         .map_or_else(|| excerpt(body), str::to_owned);
     match outcome {
-        Outcome::Retry { status, error, .. } if status == Some(429) => {
+        Outcome::RateLimited { status, error, .. } => {
             let json_wait = answer
                 .as_ref()
                 .and_then(|a| a.get("retry_after"))
                 .and_then(Value::as_f64)
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())));
-            Outcome::Retry {
+            let global = answer
+                .as_ref()
+                .and_then(|a| a.get("global"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            Outcome::RateLimited {
                 status,
                 error: format!("{error}: rate limited by Discord"),
-                retry_after: json_wait.or_else(|| retry_after(headers, now)),
+                wait: json_wait
+                    .or_else(|| retry_after(headers, now))
+                    .unwrap_or(super::outcome::RATE_LIMIT_WAIT),
+                provider_wide: global,
             }
         }
         Outcome::Permanent { status, error } if status == Some(404) => Outcome::Permanent {
@@ -89,23 +116,44 @@ mod tests {
     #[test]
     fn rate_limit_waits_as_discord_says() {
         let now = Utc::now();
-        let body = br#"{"message":"You are being rate limited.","retry_after":1.5,"global":false}"#;
-        let Outcome::Retry {
-            retry_after: wait, ..
-        } = classify(429, &HeaderMap::new(), body, now)
-        else {
-            panic!("429 retries")
+        let waits = |headers: &HeaderMap, body: &[u8]| match classify(429, headers, body, now) {
+            Outcome::RateLimited {
+                wait,
+                provider_wide,
+                ..
+            } => (wait, provider_wide),
+            other => panic!("429 is a rate-limit answer: {other:?}"),
         };
-        assert_eq!(wait, Some(Duration::from_millis(1500)));
+        let body = br#"{"message":"You are being rate limited.","retry_after":1.5,"global":false}"#;
+        assert_eq!(
+            waits(&HeaderMap::new(), body),
+            (Duration::from_millis(1500), false)
+        );
+        let global = br#"{"message":"You are being rate limited.","retry_after":2,"global":true}"#;
+        assert_eq!(
+            waits(&HeaderMap::new(), global),
+            (Duration::from_secs(2), true),
+            "a global limit holds every Discord bucket"
+        );
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("4"));
-        let Outcome::Retry {
-            retry_after: wait, ..
-        } = classify(429, &headers, b"", now)
-        else {
-            panic!("429 retries")
+        assert_eq!(waits(&headers, b""), (Duration::from_secs(4), false));
+    }
+
+    #[test]
+    fn an_exhausted_bucket_is_held_until_its_reset() {
+        let headers = |remaining: &'static str, reset: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static(remaining));
+            h.insert("x-ratelimit-reset-after", HeaderValue::from_static(reset));
+            h
         };
-        assert_eq!(wait, Some(Duration::from_secs(4)));
+        assert_eq!(
+            exhausted(&headers("0", "1.25")),
+            Some(Duration::from_millis(1250))
+        );
+        assert_eq!(exhausted(&headers("3", "1.25")), None);
+        assert_eq!(exhausted(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -148,6 +148,7 @@ pub async fn send(
         outcome: combine(&reached, &failed, earlier.len()),
         reached,
         opened_circuit: false,
+        hold: None,
     }
 }
 
@@ -155,6 +156,19 @@ pub async fn send(
 pub fn combine(reached: &[String], failed: &[(String, Failure)], reached_before: usize) -> Outcome {
     if failed.is_empty() {
         return Outcome::Delivered { status: None };
+    }
+    // 421 (service not available) and 454 (temporary failure): the server asks everyone to
+    // slow down (CONTRACT §5a). The recipients that accepted keep their copy.
+    if let Some((to, f)) = failed
+        .iter()
+        .find(|(_, f)| matches!(f.code, Some(421 | 454)))
+    {
+        return Outcome::RateLimited {
+            status: f.code,
+            error: format!("the mail server asked to slow down at {to}: {}", f.reason),
+            wait: super::outcome::RATE_LIMIT_WAIT,
+            provider_wide: true,
+        };
     }
     let status = failed.iter().find_map(|(_, f)| f.code);
     let list = |permanent: bool| {

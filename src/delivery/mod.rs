@@ -29,6 +29,9 @@ pub struct Attempted {
     pub reached: Vec<String>,
     /// This attempt's failure opened the destination's circuit.
     pub opened_circuit: bool,
+    /// The provider said its next request to this bucket must wait this long (Discord's
+    /// `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset-After`).
+    pub hold: Option<Duration>,
 }
 
 impl From<Outcome> for Attempted {
@@ -37,6 +40,7 @@ impl From<Outcome> for Attempted {
             outcome,
             reached: Vec::new(),
             opened_circuit: false,
+            hold: None,
         }
     }
 }
@@ -124,6 +128,7 @@ impl Dispatcher {
                 url,
                 headers,
                 secret,
+                ..
             } => webhook::send(self, record, url, headers, secret.as_ref())
                 .await
                 .into(),
@@ -131,7 +136,7 @@ impl Dispatcher {
                 slack::send(self, &alert(), bot_token, channel).await.into()
             }
             ChannelKind::Discord { webhook_url } => {
-                discord::send(self, &alert(), webhook_url).await.into()
+                discord::send(self, &alert(), webhook_url).await
             }
             ChannelKind::PagerDuty { integration_key } => {
                 pagerduty::send(self, &alert(), integration_key)

@@ -1,5 +1,6 @@
-//! The result of one attempt, and the one classifier of HTTP answers (CONTRACT §6):
-//! 2xx delivered; 408, 429, 5xx may pass; every other status will not.
+//! The result of one attempt, and the one classifier of HTTP answers (CONTRACT §5a, §6):
+//! 2xx delivered; 429 rate limited (no failed attempt); 408 and 5xx may pass; every other
+//! status will not.
 
 use std::time::Duration;
 
@@ -8,8 +9,12 @@ use reqwest::header::HeaderMap;
 
 use crate::model::AttemptOutcome;
 
-/// `Retry-After` values beyond this are clamped: a tier holds its partition while it waits.
+/// `Retry-After` values beyond this are clamped.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How long a bucket waits after a rate-limit answer that says nothing of how long
+/// (PagerDuty's 429, CONTRACT §5a).
+pub const RATE_LIMIT_WAIT: Duration = Duration::from_secs(30);
 
 /// What one attempt came to. The variants are the decision; callers match them exhaustively.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +32,14 @@ pub enum Outcome {
     Permanent {
         status: Option<u16>,
         error: String,
+    },
+    /// The provider asked to slow down: not a failed attempt. The bucket, or with
+    /// `provider_wide` every bucket of the provider, waits `wait`; the delivery waits with it.
+    RateLimited {
+        status: Option<u16>,
+        error: String,
+        wait: Duration,
+        provider_wide: bool,
     },
 }
 
@@ -46,11 +59,11 @@ impl Outcome {
         }
     }
 
-    /// What the delivery record keeps of it.
+    /// What the delivery record keeps of an attempt (a rate-limit answer is kept as none).
     pub fn kind(&self) -> AttemptOutcome {
         match self {
             Outcome::Delivered { .. } => AttemptOutcome::Delivered,
-            Outcome::Retry { .. } => AttemptOutcome::Retryable,
+            Outcome::Retry { .. } | Outcome::RateLimited { .. } => AttemptOutcome::Retryable,
             Outcome::Permanent { .. } => AttemptOutcome::Permanent,
         }
     }
@@ -59,7 +72,18 @@ impl Outcome {
         match self {
             Outcome::Delivered { status }
             | Outcome::Retry { status, .. }
-            | Outcome::Permanent { status, .. } => *status,
+            | Outcome::Permanent { status, .. }
+            | Outcome::RateLimited { status, .. } => *status,
+        }
+    }
+
+    /// A rate-limit answer for one bucket, waiting `wait` or else [`RATE_LIMIT_WAIT`].
+    pub fn rate_limited(status: Option<u16>, error: String, wait: Option<Duration>) -> Self {
+        Outcome::RateLimited {
+            status,
+            error,
+            wait: wait.unwrap_or(RATE_LIMIT_WAIT),
+            provider_wide: false,
         }
     }
 }
@@ -85,7 +109,8 @@ pub fn classify_status(status: u16, headers: &HeaderMap, now: DateTime<Utc>) -> 
         200..=299 => Outcome::Delivered {
             status: Some(status),
         },
-        408 | 429 | 500..=599 => Outcome::Retry {
+        429 => Outcome::rate_limited(Some(status), status_text, retry_after(headers, now)),
+        408 | 500..=599 => Outcome::Retry {
             status: Some(status),
             error: status_text,
             retry_after: retry_after(headers, now),
@@ -180,7 +205,6 @@ mod tests {
             (413, Permanent),
             (422, Permanent),
             (408, Retryable),
-            (429, Retryable),
             (500, Retryable),
             (502, Retryable),
             (503, Retryable),
@@ -222,9 +246,13 @@ mod tests {
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        let Outcome::Retry { retry_after, .. } = classify_status(429, &h, now) else {
+        let Outcome::RateLimited { wait, .. } = classify_status(429, &h, now) else {
+            panic!("429 is a rate-limit answer, not a failure")
+        };
+        assert_eq!(wait, Duration::from_secs(7));
+        let Outcome::RateLimited { wait, .. } = classify_status(429, &HeaderMap::new(), now) else {
             panic!()
         };
-        assert_eq!(retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(wait, RATE_LIMIT_WAIT, "no Retry-After: PagerDuty's 30 s");
     }
 }

@@ -43,10 +43,11 @@ struct Answer {
     error: Option<String>,
 }
 
+/// Slack's `error` strings that ask to slow down: not failed attempts (CONTRACT §5a).
+const RATE_LIMITED: [&str; 2] = ["ratelimited", "rate_limited"];
+
 /// Slack's `error` strings that may pass; every other error will not.
-const TRANSIENT: [&str; 6] = [
-    "ratelimited",
-    "rate_limited",
+const TRANSIENT: [&str; 4] = [
     "internal_error",
     "fatal_error",
     "service_unavailable",
@@ -86,6 +87,10 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: DateTime<Utc
         };
     }
     let code = answer.error.unwrap_or_else(|| "unknown".into());
+    if RATE_LIMITED.contains(&code.as_str()) {
+        let error = format!("Slack error `{code}`");
+        return Outcome::rate_limited(Some(status), error, retry_after(headers, now));
+    }
     if TRANSIENT.contains(&code.as_str()) {
         return Outcome::Retry {
             status: Some(status),
@@ -165,12 +170,32 @@ mod tests {
     }
 
     #[test]
-    fn http_429_waits_for_retry_after() {
+    fn rate_limits_are_answers_not_failures() {
         let mut headers = HeaderMap::new();
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("30"));
-        let Outcome::Retry { retry_after, .. } = classify(429, &headers, b"", Utc::now()) else {
-            panic!("429 retries")
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+        let now = Utc::now();
+        for (status, body) in [
+            (429, &b""[..]),
+            (200, br#"{"ok":false,"error":"ratelimited"}"#),
+            (200, br#"{"ok":false,"error":"rate_limited"}"#),
+        ] {
+            let Outcome::RateLimited {
+                wait,
+                provider_wide,
+                ..
+            } = classify(status, &headers, body, now)
+            else {
+                panic!("{status} {body:?} is a rate-limit answer")
+            };
+            assert_eq!((wait, provider_wide), (Duration::from_secs(3), false));
+        }
+        let Outcome::RateLimited { wait, .. } = classify(429, &HeaderMap::new(), b"", now) else {
+            panic!()
         };
-        assert_eq!(retry_after, Some(Duration::from_secs(30)));
+        assert_eq!(
+            wait,
+            crate::delivery::outcome::RATE_LIMIT_WAIT,
+            "no hint: 30 s"
+        );
     }
 }

@@ -33,6 +33,11 @@ pub struct DeliveryRecord {
     /// a retry.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skips: u32,
+    /// Since when the delivery has waited only for its provider's rate limit (its bucket's
+    /// pace, or a rate-limit answer); cleared by the next attempt. Past
+    /// `delivery.max_pending` it is dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<DateTime<Utc>>,
     /// Email recipients reached before `attempts` began (kept when a dead letter is replayed
     /// with a fresh attempt count, so nobody gets the alert twice).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -147,6 +152,7 @@ impl DeliveryRecord {
             not_before: None,
             attempts: Vec::new(),
             skips: 0,
+            waiting_since: None,
             reached: Vec::new(),
             replayed_at: None,
             report: false,
@@ -169,6 +175,7 @@ impl DeliveryRecord {
         fresh.reached = self.reached_so_far().map(str::to_owned).collect();
         fresh.attempts.clear();
         fresh.skips = 0;
+        fresh.waiting_since = None;
         fresh.not_before = None;
         fresh.replayed_at = Some(Utc::now());
         fresh

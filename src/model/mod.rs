@@ -4,9 +4,11 @@
 pub mod delivery;
 pub mod event;
 mod incident;
+pub mod rate;
 pub mod settings;
 
 pub use delivery::{Attempt, AttemptOutcome, AttemptReport, DeadLetter, DeliveryRecord, Fate};
 pub use event::{Event, Severity};
 pub use incident::incident_key;
+pub use rate::Rate;
 pub use settings::{AccountSettings, Channel, ChannelKind, Secret};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::event::{Event, Severity};
+use super::Rate;
 
 /// A credential or private URL: shown as `***` by `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -147,6 +148,9 @@ pub enum ChannelKind {
         headers: Vec<(String, Secret)>,
         #[serde(default)]
         secret: Option<Secret>,
+        /// The channel's own pace (CONTRACT §4, §5a), e.g. `"10/1s"`; unlimited when unset.
+        #[serde(default)]
+        rate: Option<Rate>,
     },
 }
 

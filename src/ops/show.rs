@@ -70,8 +70,12 @@ fn details(channel: &Channel) -> Vec<String> {
             url,
             headers,
             secret,
+            rate,
         } => {
             let mut lines = vec![format!("url: {}", mask_url(url.expose()))];
+            if let Some(rate) = rate {
+                lines.push(format!("rate: {rate}"));
+            }
             for (name, _) in headers {
                 lines.push(format!("header {name}: ***"));
             }

@@ -45,6 +45,13 @@ pub fn next_step(
 ) -> Step {
     match outcome {
         Outcome::Delivered { .. } => Step::Done,
+        // Not a failed attempt: the delivery waits for its bucket like any other.
+        Outcome::RateLimited { wait, .. } => {
+            park(*wait, delays, now).unwrap_or_else(|| Step::DeadLetter {
+                reason: "rate limited, with no retry tier to wait in (retry.delays is empty)"
+                    .to_owned(),
+            })
+        }
         Outcome::Permanent { error, .. } => Step::DeadLetter {
             reason: format!("permanent failure: {error}"),
         },
@@ -98,6 +105,19 @@ pub fn after_skip(
         tier,
         not_before: now + chrono_duration(delays[tier - 1]),
     }
+}
+
+/// Where a delivery that must wait `wait` for its bucket waits (a wait uses up no retry):
+/// in the tier with the longest delay not above the wait (at least the first), due after
+/// `wait`. A tier's reader holds such a record until the tier's own delay has passed, then
+/// writes it to the tier again if it is still not due, so it never holds the tier's other
+/// records back. `None` with no tiers.
+pub fn park(wait: Duration, delays: &[Duration], now: DateTime<Utc>) -> Option<Step> {
+    let fits = delays.iter().rposition(|d| *d <= wait).unwrap_or(0);
+    (!delays.is_empty()).then(|| Step::Retry {
+        tier: fits + 1,
+        not_before: now + chrono_duration(wait),
+    })
 }
 
 fn chrono_duration(wait: Duration) -> chrono::Duration {

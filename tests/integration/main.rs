@@ -12,6 +12,7 @@ mod isolation;
 mod ledger;
 mod offsets;
 mod operator;
+mod pacing;
 mod pipeline;
 mod render;
 mod schemas;

@@ -3,11 +3,13 @@
 //!
 //! - `broker`: the Tansu broker process (shared/BROKER.md), free ports, topic creation.
 //! - `receiver`: an HTTP endpoint that records every request and answers from scripts.
+//! - `limits`: fake providers enforcing their documented rate limits, counting their 429s.
 //! - `smtp`: a real SMTP server on a local port that records every message.
 //! - `tls`: TLS for the fakes with the test CA (`tests/fixtures/tls`), HTTP/2 offered.
 //! - `service`: service instances as child processes, for the runners.
 
 pub mod broker;
+pub mod limits;
 pub mod receiver;
 pub mod service;
 pub mod smtp;

@@ -1,0 +1,134 @@
+//! Provider rate limits (issue 16, CONTRACT §5a): against fakes that enforce the providers'
+//! limits, a storm to one bucket is paced, not failed, and no account waits behind another.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use testkit::limits::{Enforced, Limit};
+
+use crate::common::receiver::{Receiver, Reply};
+use crate::common::scenario::*;
+use crate::common::{create_topic, read_all, until, Setup};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_to_one_slack_channel_is_paced_and_other_accounts_flow() {
+    let slack = Receiver::start().await;
+    let limit = Enforced::new(Limit::slack(5));
+    slack.respond_by(limit.responder());
+    let calm = Receiver::start().await;
+    let mut setup = Setup::new("paced", &["1s", "1s", "1s"]).await;
+    setup.extra = format!(
+        "[channels.slack]\napi_base_url = \"{}/api\"\nrate = \"1/1s\"\nburst = 5\n",
+        slack.base
+    );
+    setup.write_config();
+    setup.create_service_topics().await;
+    let ops = json!({"id": "ops", "type": "slack", "bot_token": "xoxb-1", "channel": "C1"});
+    setup
+        .put_settings("calm", &settings("calm", 1, vec![hook("hook", &calm.url)]))
+        .await;
+    let service = running(&setup, vec![ops]).await;
+
+    const STORM: usize = 20;
+    for i in 0..STORM {
+        setup
+            .send_event(&seed_event(&format!("evt_s{i}"), "acc"))
+            .await;
+    }
+    let produced = Instant::now();
+    setup.send_event(&seed_event("evt_calm", "calm")).await;
+    let calm_took = until(WAIT, "the calm account's alert", || async {
+        (calm.count() == 1).then(|| produced.elapsed())
+    })
+    .await;
+    let accepted = "sysmos_notify_deliveries_total{channel=\"slack\",outcome=\"delivered\"}";
+    metric_reaches(&service, accepted, STORM as f64).await;
+    let paced = produced.elapsed();
+    println!(
+        "{STORM} alerts to one Slack channel: all accepted after {paced:?}, {} answers of 429; \
+         the calm account's alert took {calm_took:?}",
+        limit.limited()
+    );
+    let requests = slack.requests();
+    let limited = limit.limited();
+    assert_eq!(
+        requests.len(),
+        STORM + limited,
+        "one request per alert, plus each 429"
+    );
+    assert!(
+        limited <= 5,
+        "{limited} answers of 429: a storm is paced, not failed"
+    );
+    assert!(
+        paced >= Duration::from_secs((STORM as u64 - 5) * 9 / 10),
+        "5 at once, then 1 a second: took {paced:?}"
+    );
+    assert!(
+        calm_took < Duration::from_secs(5),
+        "another account's alert waits for nobody's bucket: {calm_took:?}"
+    );
+    assert!(
+        read_all(&setup.topic("dlq")).is_empty(),
+        "nothing dead-lettered"
+    );
+    assert_eq!(
+        service
+            .metric("sysmos_notify_rate_limited_total{channel=\"slack\"}")
+            .await,
+        limited as f64
+    );
+    assert_eq!(
+        service
+            .metric("sysmos_notify_waiting_deliveries{channel=\"slack\"}")
+            .await,
+        0.0,
+        "nothing waits once the storm is through"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_long_retry_after_holds_back_no_other_account() {
+    let held = Receiver::start().await;
+    held.respond_by(std::sync::Arc::new(|_| {
+        Reply::status(429).header("retry-after", "3600")
+    }));
+    let flaky = Receiver::start().await;
+    flaky.respond(&[503], 200);
+    // One tier and one partition: both accounts' waits share the tier's only partition.
+    let mut setup = Setup::new("held", &["1s"]).await;
+    setup.delivery = "max_pending = \"2h\"".to_owned();
+    setup.write_config();
+    for topic in ["deliveries", "retry.1"] {
+        create_topic(&setup.topic(topic), 1).await;
+    }
+    setup.create_service_topics().await;
+    setup
+        .put_settings(
+            "other",
+            &settings("other", 1, vec![hook("hook", &flaky.url)]),
+        )
+        .await;
+    let service = running(&setup, vec![hook("hook", &held.url)]).await;
+    setup.send_event(&seed_event("evt_held", "acc")).await;
+    requests_reach(&held, 1).await;
+    setup.send_event(&seed_event("evt_other", "other")).await;
+    let requests = requests_reach(&flaky, 2).await;
+    let gap = requests[1].at - requests[0].at;
+    assert!(
+        gap < Duration::from_secs(10),
+        "the other account's 503 was retried after {gap:?}, not behind the hour-long wait"
+    );
+    assert_eq!(
+        held.count(),
+        1,
+        "the held bucket gets nothing before its hour is over"
+    );
+    assert_eq!(
+        service
+            .metric("sysmos_notify_rate_limited_total{channel=\"webhook\"}")
+            .await,
+        1.0
+    );
+    assert!(read_all(&setup.topic("dlq")).is_empty());
+}
