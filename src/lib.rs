@@ -201,8 +201,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         )),
         pacer: Pacer::default(),
         paces: config.paces(),
-        // Short waits in memory: up to the first tier's delay (a paced bucket's turn comes in
-        // seconds); longer ones in the tiers, so no offset stays unstored for long.
+        // Holds up to the first tier's delay are waited out in memory; longer ones in the
+        // tiers, so no offset stays unstored behind a long Retry-After.
         patience: config
             .retry
             .delays

@@ -53,7 +53,8 @@ pub struct Deliverer {
     /// Each provider bucket's turns and holds.
     pub pacer: Pacer,
     pub paces: Paces,
-    /// The longest wait for a bucket spent in the waiting room; a longer one in a retry tier.
+    /// The longest hold (a rate-limit answer's wait) waited out in the waiting room; a
+    /// delivery facing a longer one is parked in a retry tier.
     pub patience: Duration,
     /// The waiting room: at most [`WAITING_ROOM`] deliveries wait here at once, each with its
     /// offset unstored behind it.

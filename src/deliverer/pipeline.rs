@@ -232,10 +232,10 @@ impl Deliverer {
         }
     }
 
-    /// A delivery that must wait about `wait` for a turn in its buckets (`needs`). A short
-    /// wait is spent here, in the waiting room, in line for the buckets (first come, first
-    /// served), with the record's offset unstored behind it and no slot held; a long one, or
-    /// one that finds the room full, in a retry tier (no retry used up). Past
+    /// A delivery that must wait about `wait` for a turn in its buckets (`needs`). It waits
+    /// here, in the waiting room, in line for the buckets (first come, first served), with its
+    /// offset unstored behind it and no slot held; when the room or a line is full, or a bucket
+    /// is held longer than the patience, it is parked in a retry tier (no retry used up). Past
     /// `delivery.max_pending` of waiting it is dead-lettered.
     pub(super) async fn wait(
         self: Arc<Self>,
