@@ -312,7 +312,8 @@ impl Deliverer {
         let allowed = (self.max_pending - (now - since))
             .to_std()
             .unwrap_or_default();
-        let wait = wait.max(self.pacer.book(&needs, Instant::now()));
+        let booked = self.pacer.book(&needs, Instant::now(), allowed);
+        let wait = booked.map_or_else(|too_far| too_far, |turn| turn.max(wait));
         if wait > allowed {
             let reason = format!(
                 "its provider's rate limit would keep it waiting past delivery.max_pending \

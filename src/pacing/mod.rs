@@ -240,26 +240,41 @@ impl Pacer {
 
     /// Books a turn for a delivery that will wait in a retry tier, after every turn booked
     /// before and after the line and the hold now: parked deliveries then come back one by
-    /// one, each near its turn, instead of all at once. Returns how long until the turn.
-    pub fn book(&self, needs: &[Need], now: Instant) -> Duration {
+    /// one, each near its turn, instead of all at once. Returns how long until the turn; a
+    /// turn further away than `within` is not booked, and its distance is the error.
+    pub fn book(
+        &self,
+        needs: &[Need],
+        now: Instant,
+        within: Duration,
+    ) -> Result<Duration, Duration> {
         let mut state = self.state.lock().expect("pacer lock");
-        let mut latest = now;
+        let mut turns = Vec::with_capacity(needs.len());
         for need in needs {
             let start = now + state.estimate(need, now);
             let bucket = state.bucket(need, now);
-            let Some(pace) = need.pace else {
-                latest = latest.max(start);
-                continue;
+            let turn = match need.pace {
+                None => start,
+                Some(pace) => {
+                    let interval = pace.rate.per / pace.rate.count.get();
+                    bucket
+                        .booked_until
+                        .map_or(start, |booked| booked.max(start))
+                        + interval
+                }
             };
-            let interval = pace.rate.per / pace.rate.count.get();
-            let turn = bucket
-                .booked_until
-                .map_or(start, |booked| booked.max(start))
-                + interval;
-            bucket.booked_until = Some(turn);
-            latest = latest.max(turn);
+            turns.push(turn);
         }
-        latest - now
+        let latest = turns.iter().copied().max().unwrap_or(now) - now;
+        if latest > within {
+            return Err(latest);
+        }
+        for (need, turn) in needs.iter().zip(turns) {
+            if need.pace.is_some() {
+                state.bucket(need, now).booked_until = Some(turn);
+            }
+        }
+        Ok(latest)
     }
 
     /// Holds one bucket until `until` (a rate-limit answer, or a provider saying its next
@@ -429,7 +444,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_line_is_first_come_first_served_and_impatience_is_told_the_wait() {
+    async fn the_line_is_first_come_first_served_and_a_long_hold_is_told() {
         let pacer = std::sync::Arc::new(Pacer::default());
         let bucket = [need("ops", pace("20/1s", 1))];
         assert_eq!(pacer.try_take(&bucket, Instant::now()), Ok(()));
@@ -452,6 +467,28 @@ mod tests {
             impatient.is_err(),
             "a wait longer than the patience is told, not waited"
         );
+    }
+
+    #[test]
+    fn parked_deliveries_book_turns_one_after_another() {
+        let pacer = Pacer::default();
+        let bucket = [need("ops", pace("1/1s", 1))];
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let turns: Vec<Duration> = (0..3)
+            .map(|_| pacer.book(&bucket, now, hour).unwrap())
+            .collect();
+        assert_eq!(
+            turns,
+            [1, 2, 3].map(Duration::from_secs),
+            "each parked delivery comes back a turn after the one before"
+        );
+        assert_eq!(
+            pacer.book(&bucket, now, Duration::from_secs(2)),
+            Err(Duration::from_secs(4)),
+            "a turn past the allowance is not booked"
+        );
+        assert_eq!(pacer.book(&bucket, now, hour), Ok(Duration::from_secs(4)));
     }
 
     #[test]

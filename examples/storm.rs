@@ -1,0 +1,277 @@
+//! `scripts/storm`: a storm to one channel per provider, against fakes that enforce the
+//! providers' documented limits (`testkit::limits`: Slack about one message a second per
+//! channel with a burst of 5, Discord 5 per 2 s per webhook, PagerDuty 120 a minute per key).
+//! One account sends N alerts at once to one Slack channel, one Discord webhook and one
+//! PagerDuty key; meanwhile another account's alerts arrive at R per second at a plain
+//! webhook. It prints, per provider, the time until the last alert was accepted, the
+//! rate-limit answers it gave and what was dead-lettered, and the other account's
+//! produce-to-receipt latency during the storm.
+//!
+//! Options: `--alerts N` (300), `--calm-rate R` (5). The service runs in this process with its
+//! default pacing (README "Configuration"); the broker is started here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+use sysmos_notify::config::Config;
+use testkit::broker::{self, create_topics, free_port};
+use testkit::limits::{Enforced, Limit};
+use testkit::receiver::Receiver;
+use tokio_util::sync::CancellationToken;
+
+const PREFIX: &str = "storm.notify";
+
+async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &Value) {
+    let payload = value.to_string();
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce to the local broker");
+}
+
+fn down(event_id: &str, account: &str, monitor: &str) -> Value {
+    json!({"event": "monitor.down", "event_id": event_id, "account_id": account,
+        "occurred_at": "2025-01-15T10:30:00Z",
+        "monitor": {"id": monitor, "name": format!("API {monitor}"), "url": "https://api.example.com/health"},
+        "alert": {"status": "down", "region": "us-east-1", "response_time_ms": 5023,
+            "status_code": 503, "triggered_at": "2025-01-15T10:30:00Z"}})
+}
+
+/// One provider's fake and what it enforces.
+struct Fake {
+    name: &'static str,
+    receiver: Receiver,
+    limit: Enforced,
+}
+
+impl Fake {
+    async fn start(name: &'static str, limit: Limit) -> Self {
+        let receiver = Receiver::start().await;
+        let limit = Enforced::new(limit);
+        receiver.respond_by(limit.responder());
+        Self {
+            name,
+            receiver,
+            limit,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.receiver.count() - self.limit.limited()
+    }
+}
+
+fn options() -> (usize, u64) {
+    let (mut alerts, mut calm_rate) = (300, 5);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || -> u64 {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{flag} takes a number"))
+        };
+        match flag.as_str() {
+            "--alerts" => alerts = value().max(1) as usize,
+            "--calm-rate" => calm_rate = value().max(1),
+            _ => panic!("usage: scripts/storm [--alerts N] [--calm-rate R]"),
+        }
+    }
+    (alerts, calm_rate)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let (alerts, calm_rate) = options();
+    let data = tempfile::tempdir()?;
+    let port = free_port();
+    let _broker = Broker(tokio::task::block_in_place(|| {
+        broker::start(port, &data.path().join("broker"))
+    }));
+    let brokers = format!("127.0.0.1:{port}");
+    create_topics(&brokers, 4, &[("monitor.alerts", false)]).await;
+
+    let slack = Fake::start("slack", Limit::slack(5)).await;
+    let discord = Fake::start("discord", Limit::discord()).await;
+    let pagerduty = Fake::start("pagerduty", Limit::pagerduty()).await;
+    let calm = Receiver::start().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env: Vec<(String, String)> = [
+        ("KAFKA__BROKERS", brokers.clone()),
+        ("KAFKA__TOPIC_PREFIX", PREFIX.to_owned()),
+        ("KAFKA__GROUP_ID", "storm".to_owned()),
+        ("KAFKA__PARTITIONS", "4".to_owned()),
+        ("KAFKA__CLIENT__FETCH_WAIT_MAX_MS", "10".to_owned()),
+        ("DELIVERY__ALLOW_PRIVATE_TARGETS", "true".to_owned()),
+        ("HTTP__LISTEN", listen.clone()),
+        (
+            "CHANNELS__SLACK__API_BASE_URL",
+            format!("{}/api", slack.receiver.base),
+        ),
+        (
+            "CHANNELS__PAGERDUTY__EVENTS_URL",
+            format!("{}/v2/enqueue", pagerduty.receiver.base),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("SYSMOS_NOTIFY__{k}"), v))
+    .collect();
+    let config = Config::load_with_env(None, env)?;
+    let kafka = config.kafka.clone();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(sysmos_notify::run(config, shutdown.clone()));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .create()?;
+
+    let http = reqwest::Client::new();
+    let metrics = || async {
+        let r = http
+            .get(format!("http://{listen}/metrics"))
+            .send()
+            .await
+            .ok()?;
+        r.text().await.ok()
+    };
+    while http
+        .get(format!("http://{listen}/readyz"))
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let storm = json!({"account_id": "storm", "version": 1, "channels": [
+        {"id": "slack", "type": "slack", "bot_token": "xoxb-storm", "channel": "C0STORM"},
+        {"id": "discord", "type": "discord", "webhook_url": format!("{}/api/webhooks/1/storm", discord.receiver.base)},
+        {"id": "pd", "type": "pagerduty", "integration_key": "0123456789abcdef0123456789abcdef"}]});
+    let quiet = json!({"account_id": "calm", "version": 1, "channels": [
+        {"id": "hook", "type": "webhook", "url": calm.url}]});
+    let config_topic = format!("{PREFIX}.config");
+    produce(&producer, &config_topic, "storm", &storm).await;
+    produce(&producer, &config_topic, "calm", &quiet).await;
+    while !metrics()
+        .await
+        .is_some_and(|m| m.contains("sysmos_notify_config_accounts 2"))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    println!("storm: {alerts} alerts at once to one Slack channel, one Discord webhook and one PagerDuty key; another account at {calm_rate}/s");
+    let started = Instant::now();
+    for i in 0..alerts {
+        let monitor = format!("mon_{i}");
+        produce(
+            &producer,
+            "monitor.alerts",
+            &monitor,
+            &down(&format!("evt_storm_{i}"), "storm", &monitor),
+        )
+        .await;
+    }
+    let fakes = [&slack, &discord, &pagerduty];
+    let mut done: HashMap<&'static str, Duration> = HashMap::new();
+    let produced_calm: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut next_calm = Instant::now();
+    let mut calm_sent = 0;
+    let deadline = started + Duration::from_secs(900);
+    while done.len() < fakes.len() && Instant::now() < deadline {
+        for fake in fakes {
+            if fake.accepted() >= alerts {
+                done.entry(fake.name).or_insert_with(|| started.elapsed());
+            }
+        }
+        if Instant::now() >= next_calm {
+            let monitor = format!("calm_{calm_sent}");
+            produced_calm
+                .lock()
+                .expect("calm lock")
+                .insert(monitor.clone(), Instant::now());
+            produce(
+                &producer,
+                "monitor.alerts",
+                &monitor,
+                &down(&format!("evt_calm_{calm_sent}"), "calm", &monitor),
+            )
+            .await;
+            calm_sent += 1;
+            next_calm += Duration::from_millis(1000 / calm_rate);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // the last calm alerts land
+    let produced = produced_calm.lock().expect("calm lock").clone();
+    let mut latencies: Vec<Duration> = calm
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let monitor = r.json()["monitor"]["id"].as_str()?.to_owned();
+            Some(r.at.saturating_duration_since(*produced.get(&monitor)?))
+        })
+        .collect();
+    latencies.sort();
+    let percentile = |p: usize| {
+        latencies
+            .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let dead: Vec<Value> = sysmos_notify::ops::read_topic(&kafka, &format!("{PREFIX}.dlq"))?
+        .iter()
+        .filter_map(|m| serde_json::from_slice(rdkafka::Message::payload(m)?).ok())
+        .collect();
+    let text = metrics().await.unwrap_or_default();
+    println!("\n| provider | last alert accepted after | accepted | rate-limit answers (429) | dead-lettered |");
+    println!("|---|---|---|---|---|");
+    for fake in fakes {
+        let dead_here = dead
+            .iter()
+            .filter(|l| l["delivery"]["channel_type"] == fake.name)
+            .count();
+        let after = done
+            .get(fake.name)
+            .map_or("not all within 15 minutes".to_owned(), |d| {
+                format!("{:.1} s", d.as_secs_f64())
+            });
+        println!(
+            "| {} | {after} | {} of {alerts} | {} | {dead_here} |",
+            fake.name,
+            fake.accepted(),
+            fake.limit.limited(),
+        );
+    }
+    println!(
+        "\nthe other account during the storm: {} of {calm_sent} alerts received; produce-to-receipt p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        latencies.len(),
+        percentile(50).as_secs_f64() * 1000.0,
+        percentile(99).as_secs_f64() * 1000.0,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+    );
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("sysmos_notify_rate_limited_total"))
+    {
+        println!("{line}");
+    }
+    shutdown.cancel();
+    let _ = service.await;
+    Ok(())
+}
+
+/// The broker process, killed when the run ends, however it ends.
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
