@@ -462,10 +462,11 @@ mod tests {
             order.push(rx.recv().await.unwrap());
         }
         assert_eq!(order, [0, 1, 2, 3, 4]);
-        let impatient = pacer.turn(&bucket, Duration::ZERO).await;
+        pacer.hold(&bucket[0].key, Instant::now() + Duration::from_secs(60));
+        let impatient = pacer.turn(&bucket, Duration::from_secs(15)).await;
         assert!(
-            impatient.is_err(),
-            "a wait longer than the patience is told, not waited"
+            impatient.is_err_and(|wait| wait > Duration::from_secs(59)),
+            "a hold longer than the patience is told, not waited: {impatient:?}"
         );
     }
 
