@@ -90,6 +90,7 @@ fn options() -> (usize, u64) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let (alerts, calm_rate) = options();
+    sysmos_notify::telemetry::init();
     let data = tempfile::tempdir()?;
     let port = free_port();
     let _broker = Broker(tokio::task::block_in_place(|| {
@@ -247,6 +248,19 @@ async fn main() -> anyhow::Result<()> {
             fake.accepted(),
             fake.limit.limited(),
         );
+    }
+    println!("\naccepted per 20 s (from the storm's start):");
+    for fake in fakes {
+        let mut per: Vec<usize> = Vec::new();
+        let limited: Vec<_> = fake.receiver.requests();
+        for r in &limited {
+            let slot = (r.at.saturating_duration_since(started).as_secs() / 20) as usize;
+            if per.len() <= slot {
+                per.resize(slot + 1, 0);
+            }
+            per[slot] += 1;
+        }
+        println!("  {:<9} {per:?} (requests, 429s included)", fake.name);
     }
     println!(
         "\nthe other account during the storm: {} of {calm_sent} alerts received; produce-to-receipt p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",

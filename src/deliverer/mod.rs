@@ -28,7 +28,7 @@ use crate::ledger::{InFlight, Journal, Ledger};
 use crate::metrics::Metrics;
 use crate::model::DeliveryRecord;
 use crate::pacing::Pacer;
-use crate::retry::Step;
+use crate::retry::{self, Step};
 use crate::settings_cache::SettingsCache;
 
 pub struct Deliverer {
@@ -93,13 +93,17 @@ impl Deliverer {
             };
             let tier = self.topics.tier_of(message.topic()).unwrap_or(0);
             let written = message.timestamp().to_millis();
-            let wait = self
-                .tier_due(&record, tier, written)
-                .and_then(|due| (due - Utc::now()).to_std().ok())
-                .filter(|wait| !wait.is_zero());
-            if let Some(wait) = wait {
-                // Later records of this partition are due later still: hold the partition.
-                set_paused(&consumer, &pos, true);
+            let now = Utc::now();
+            if record.not_before.is_some_and(|due| due > now) {
+                // Not due: wait until it is, or until the tier's own delay has passed (then
+                // see below). Later records of this partition come due later still: hold it.
+                let wait = self
+                    .tier_due(&record, tier, written)
+                    .and_then(|due| (due - now).to_std().ok())
+                    .unwrap_or_default();
+                if !wait.is_zero() {
+                    set_paused(&consumer, &pos, true);
+                }
                 let (this, consumer, shutdown) = (self.clone(), consumer.clone(), shutdown.clone());
                 tracker.spawn(async move {
                     tokio::select! {
@@ -112,19 +116,35 @@ impl Deliverer {
                         return;
                     }
                     set_paused(&consumer, &pos, false);
+                    // Waited the tier's delay and still not due: the rest of a short wait here
+                    // (behind nobody, the partition reads on), a long one in the tier that
+                    // fits it, due at the same time.
+                    let now = Utc::now();
+                    if let Some(due) = record.not_before.filter(|due| *due > now) {
+                        let left = (due - now).to_std().unwrap_or_default();
+                        if left > this.patience {
+                            let unfinished = tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                permit = this.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                            };
+                            let step = retry::park(left, &this.delays, now)
+                                .unwrap_or(Step::Retry { tier, not_before: due });
+                            this.finish_with(record, step, consumer, pos).await;
+                            return drop(unfinished);
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(left) => {}
+                        }
+                        if !consumer.context().assignment.lock().expect("assignment lock").is_current(&pos) {
+                            return; // revoked while waiting: the next owner attempts it
+                        }
+                    }
                     let unfinished = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         permit = this.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
                     };
-                    match record.not_before.filter(|due| *due > Utc::now()) {
-                        // Waited the tier's delay and still not due: to the tier's end again.
-                        Some(not_before) => {
-                            let step = Step::Retry { tier, not_before };
-                            this.finish_with(record, step, consumer, pos).await;
-                            drop(unfinished);
-                        }
-                        None => this.handle(record, consumer, pos, unfinished, shutdown).await,
-                    }
+                    this.handle(record, consumer, pos, unfinished, shutdown).await
                 });
                 continue;
             }

@@ -353,6 +353,10 @@ impl Deliverer {
             return;
         }
         self.metrics.delivery(&record.channel_type, fate);
+        if let Step::Retry { tier, not_before } = &step {
+            tracing::debug!(account = %record.account_id, channel = %record.channel_id,
+                delivery = %record.delivery_id, tier, %not_before, "waits in a retry tier");
+        }
         if let Step::DeadLetter { reason } = &step {
             tracing::error!(account = %record.account_id, channel = %record.channel_id,
                 delivery = %record.delivery_id, %reason, "delivery dead-lettered");

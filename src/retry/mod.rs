@@ -233,6 +233,28 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_parks_in_the_tier_that_fits_it() {
+        let now = Utc::now();
+        let table = [
+            (5, 1),
+            (15, 1),
+            (59, 1),
+            (60, 2),
+            (239, 2),
+            (240, 3),
+            (3600, 3),
+        ];
+        for (secs, tier) in table {
+            assert_eq!(
+                park(Duration::from_secs(secs), &DELAYS, now),
+                Some(retry(tier, now, secs as i64)),
+                "{secs} s"
+            );
+        }
+        assert_eq!(park(Duration::from_secs(5), &[], now), None);
+    }
+
+    #[test]
     fn retry_after_only_lengthens_the_wait() {
         let delays = [Duration::from_secs(15)];
         let now = Utc::now();

@@ -132,3 +132,51 @@ async fn an_hour_long_retry_after_holds_back_no_other_account() {
     );
     assert!(read_all(&setup.topic("dlq")).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_waiting_for_their_bucket_survive_a_sigkill() {
+    let slack = Receiver::start().await;
+    let limit = Enforced::new(Limit::slack(2));
+    slack.respond_by(limit.responder());
+    let mut setup = Setup::new("paced-kill", &["2s", "2s"]).await;
+    setup.extra = format!(
+        "[channels.slack]\napi_base_url = \"{}/api\"\nrate = \"1/1s\"\nburst = 2\n",
+        slack.base
+    );
+    setup.write_config();
+    let ops = json!({"id": "ops", "type": "slack", "bot_token": "xoxb-1", "channel": "C1"});
+    let mut service = running(&setup, vec![ops]).await;
+    const ALERTS: usize = 12;
+    for i in 0..ALERTS {
+        let mut event = seed_event(&format!("evt_k{i}"), "acc");
+        event["monitor"]["name"] = json!(format!("Monitor-{i}"));
+        setup.send_event(&event).await;
+    }
+    // Killed while most alerts wait for the bucket: in memory (offsets unstored) or parked.
+    until(WAIT, "a few alerts accepted", || async {
+        (slack.count() - limit.limited() >= 3).then_some(())
+    })
+    .await;
+    service.kill();
+    let mut service = setup.start();
+    service.wait_ready().await;
+    let all = until(WAIT, "every alert accepted after the restart", || async {
+        let accepted: std::collections::BTreeSet<usize> = slack
+            .requests()
+            .iter()
+            .filter_map(|r| {
+                let text = r.json()["text"].as_str()?.to_owned();
+                (0..ALERTS).find(|i| text.contains(&format!("Monitor-{i} is down")))
+            })
+            .collect();
+        (accepted.len() == ALERTS).then_some(accepted)
+    })
+    .await;
+    assert_eq!(all.len(), ALERTS, "nothing lost");
+    assert!(
+        read_all(&setup.topic("dlq")).is_empty(),
+        "nothing dead-lettered"
+    );
+    assert!(limit.limited() <= 5, "{} answers of 429", limit.limited());
+    service.signal(libc::SIGTERM);
+}
