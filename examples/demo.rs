@@ -5,26 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use sysmos_notify::config::Config;
 use tokio_util::sync::CancellationToken;
 
+use testkit::broker::produce;
 use testkit::receiver::{Receiver, Recorded, Reply};
 use testkit::smtp::{Mail, SmtpServer};
-
-async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &Value) {
-    let payload = value.to_string();
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(&payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce to the local broker");
-}
 
 /// One line saying what a provider received.
 fn describe(request: &Recorded) -> String {

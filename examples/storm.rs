@@ -14,28 +14,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use sysmos_notify::config::Config;
-use testkit::broker::{self, create_topics, free_port};
+use testkit::broker::{self, create_topics, free_port, produce};
 use testkit::limits::{Enforced, Limit};
 use testkit::receiver::Receiver;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "storm.notify";
-
-async fn produce(producer: &FutureProducer, topic: &str, key: &str, value: &Value) {
-    let payload = value.to_string();
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(&payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce to the local broker");
-}
 
 fn down(event_id: &str, account: &str, monitor: &str) -> Value {
     json!({"event": "monitor.down", "event_id": event_id, "account_id": account,

@@ -212,11 +212,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         waiting: Arc::new(Semaphore::new(WAITING_ROOM)),
         max_pending: chrono::Duration::from_std(config.delivery.max_pending)
             .unwrap_or(chrono::Duration::MAX),
+        drain,
     });
     tracing::info!(topics = ?kafka.event_topics, group = %kafka.group_id, "routing events");
     let routing = tokio::spawn(router.run(router_consumer.clone(), shutdown.clone(), drain));
-    let delivering =
-        tokio::spawn(deliverer.run(deliverer_consumer.clone(), shutdown.clone(), drain));
+    let delivering = tokio::spawn(deliverer.run(deliverer_consumer.clone(), shutdown.clone()));
     let verifying = tokio::spawn(verifier.run(verifier_consumer.clone(), shutdown.clone()));
     let _ = tokio::join!(routing, delivering, verifying);
 

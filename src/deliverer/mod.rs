@@ -61,6 +61,8 @@ pub struct Deliverer {
     pub waiting: Arc<Semaphore>,
     /// `delivery.max_pending`.
     pub max_pending: chrono::Duration,
+    /// How long deliveries in flight at shutdown may take to finish.
+    pub drain: Duration,
 }
 
 /// Deliveries that may wait in memory for their bucket at once; more wait in a retry tier.
@@ -73,12 +75,8 @@ pub const WAITING_ROOM: usize = 4096;
 pub const UNFINISHED_PER_ATTEMPT: usize = 2;
 
 impl Deliverer {
-    pub async fn run(
-        self: Arc<Self>,
-        consumer: Arc<GroupConsumer>,
-        shutdown: CancellationToken,
-        drain: Duration,
-    ) {
+    /// Reads until `shutdown`, then gives the deliveries in flight up to `self.drain`.
+    pub async fn run(self: Arc<Self>, consumer: Arc<GroupConsumer>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         while let Some((message, pos)) = next_owned(&consumer, &shutdown).await {
             let record = match plan::decode(&message) {
@@ -144,7 +142,7 @@ impl Deliverer {
                         _ = shutdown.cancelled() => return,
                         permit = this.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
                     };
-                    this.handle(record, consumer, pos, unfinished, shutdown).await
+                    this.handle(record, consumer, pos, unfinished, shutdown, false).await
                 });
                 continue;
             }
@@ -158,10 +156,14 @@ impl Deliverer {
                 pos,
                 unfinished,
                 shutdown.clone(),
+                false,
             ));
         }
         tracker.close();
-        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(self.drain, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("deliveries still in flight at the drain deadline; they will be repeated after restart");
         }
     }

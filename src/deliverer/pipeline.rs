@@ -25,23 +25,9 @@ use crate::pacing::{self, Need};
 use crate::retry::{self, after_skip, next_step, Step};
 
 impl Deliverer {
-    /// Handles one record read from a delivery topic, holding `_unfinished` until its offset
-    /// may be stored.
+    /// Handles one record read from a delivery topic, holding `unfinished` until its offset
+    /// may be stored; `has_turn` when it waited in line for its buckets' turn already.
     pub(super) async fn handle(
-        self: Arc<Self>,
-        record: DeliveryRecord,
-        consumer: Arc<GroupConsumer>,
-        pos: Position,
-        unfinished: OwnedSemaphorePermit,
-        shutdown: CancellationToken,
-    ) {
-        self.handle_with(record, consumer, pos, unfinished, shutdown, false)
-            .await
-    }
-
-    /// As [`Deliverer::handle`]; `has_turn` when the record waited in line for its buckets'
-    /// turn already.
-    async fn handle_with(
         self: Arc<Self>,
         record: DeliveryRecord,
         consumer: Arc<GroupConsumer>,
@@ -287,7 +273,7 @@ impl Deliverer {
         };
         match turn {
             Ok(()) => {
-                let handling = self.handle_with(record, consumer, pos, unfinished, shutdown, true);
+                let handling = self.handle(record, consumer, pos, unfinished, shutdown, true);
                 Box::pin(handling).await
             }
             // Its bucket is held long, or its line is full: a tier, then.

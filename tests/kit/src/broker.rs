@@ -101,3 +101,23 @@ pub async fn create_topics(brokers: &str, partitions: i32, topics: &[(&str, bool
         }
     }
 }
+
+/// Produces `value` as JSON to `topic` with `key`; panics if the local broker does not take it.
+pub async fn produce(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &serde_json::Value,
+) {
+    let payload = value.to_string();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce to the local broker");
+}
