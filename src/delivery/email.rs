@@ -237,4 +237,26 @@ mod tests {
             "4xx may pass"
         );
     }
+
+    #[test]
+    fn a_server_asking_to_slow_down_holds_every_recipient() {
+        let reached = vec!["a@x.test".to_owned()];
+        for code in [421, 454] {
+            let failed = [
+                ("b@x.test".to_owned(), failure(false, code)),
+                ("c@x.test".to_owned(), failure(true, 550)),
+            ];
+            let Outcome::RateLimited {
+                status,
+                provider_wide,
+                error,
+                ..
+            } = combine(&reached, &failed, 0)
+            else {
+                panic!("SMTP {code} is a rate-limit answer, not a failure")
+            };
+            assert_eq!((status, provider_wide), (Some(code), true));
+            assert!(error.contains("b@x.test"), "{error}");
+        }
+    }
 }
