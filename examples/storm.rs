@@ -7,8 +7,11 @@
 //! rate-limit answers it gave and what was dead-lettered, and the other account's
 //! produce-to-receipt latency during the storm.
 //!
-//! Options: `--alerts N` (300), `--calm-rate R` (5). The service runs in this process with its
-//! default pacing (README "Configuration"); the broker is started here.
+//! Options: `--alerts N` (300), `--calm-rate R` (5), `--backlog` (the N alerts go to the Slack
+//! channel alone, and the run ends once the service has dealt with them: sent, waiting, or
+//! dead-lettered for waiting past `delivery.max_pending`; it prints this process's peak RSS,
+//! the service's and the fakes' together). The service runs in this process with its default
+//! pacing (README "Configuration"); the broker is started here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,10 +60,14 @@ impl Fake {
     }
 }
 
-fn options() -> (usize, u64) {
-    let (mut alerts, mut calm_rate) = (300, 5);
+fn options() -> (usize, u64, bool) {
+    let (mut alerts, mut calm_rate, mut backlog) = (300, 5, false);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--backlog" {
+            backlog = true;
+            continue;
+        }
         let mut value = || -> u64 {
             args.next()
                 .and_then(|v| v.parse().ok())
@@ -69,15 +76,31 @@ fn options() -> (usize, u64) {
         match flag.as_str() {
             "--alerts" => alerts = value().max(1) as usize,
             "--calm-rate" => calm_rate = value().max(1),
-            _ => panic!("usage: scripts/storm [--alerts N] [--calm-rate R]"),
+            _ => panic!("usage: scripts/storm [--alerts N] [--calm-rate R] [--backlog]"),
         }
     }
-    (alerts, calm_rate)
+    (alerts, calm_rate, backlog)
+}
+
+/// A series' value in Prometheus text, 0 when absent.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// This process's peak resident set (`VmHWM`), in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    series(
+        &status.replace("VmHWM:", "VmHWM ").replace(" kB", ""),
+        "VmHWM",
+    ) / 1024.0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let (alerts, calm_rate) = options();
+    let (alerts, calm_rate, backlog) = options();
     sysmos_notify::telemetry::init();
     let data = tempfile::tempdir()?;
     let port = free_port();
@@ -138,10 +161,14 @@ async fn main() -> anyhow::Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let storm = json!({"account_id": "storm", "version": 1, "channels": [
+    let slack_only = json!([
+        {"id": "slack", "type": "slack", "bot_token": "xoxb-storm", "channel": "C0STORM"}]);
+    let every = json!([
         {"id": "slack", "type": "slack", "bot_token": "xoxb-storm", "channel": "C0STORM"},
         {"id": "discord", "type": "discord", "webhook_url": format!("{}/api/webhooks/1/storm", discord.receiver.base)},
-        {"id": "pd", "type": "pagerduty", "integration_key": "0123456789abcdef0123456789abcdef"}]});
+        {"id": "pd", "type": "pagerduty", "integration_key": "0123456789abcdef0123456789abcdef"}]);
+    let storm = json!({"account_id": "storm", "version": 1,
+        "channels": if backlog { slack_only } else { every }});
     let quiet = json!({"account_id": "calm", "version": 1, "channels": [
         {"id": "hook", "type": "webhook", "url": calm.url}]});
     let config_topic = format!("{PREFIX}.config");
@@ -154,25 +181,52 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    println!("storm: {alerts} alerts at once to one Slack channel, one Discord webhook and one PagerDuty key; another account at {calm_rate}/s");
+    let places = if backlog {
+        "one Slack channel"
+    } else {
+        "one Slack channel, one Discord webhook and one PagerDuty key"
+    };
+    println!("storm: {alerts} alerts at once to {places}; another account at {calm_rate}/s");
     let started = Instant::now();
-    for i in 0..alerts {
-        let monitor = format!("mon_{i}");
-        produce(
-            &producer,
-            "monitor.alerts",
-            &monitor,
-            &down(&format!("evt_storm_{i}"), "storm", &monitor),
-        )
-        .await;
+    for chunk in (0..alerts).collect::<Vec<_>>().chunks(5000) {
+        let sends = chunk.iter().map(|i| {
+            let monitor = format!("mon_{i}");
+            let event = down(&format!("evt_storm_{i}"), "storm", &monitor);
+            let producer = &producer;
+            async move { produce(producer, "monitor.alerts", &monitor, &event).await }
+        });
+        futures::future::join_all(sends).await;
     }
-    let fakes = [&slack, &discord, &pagerduty];
+    println!("produced in {:.1} s", started.elapsed().as_secs_f64());
+    let every_fake = [&slack, &discord, &pagerduty];
+    let fakes = if backlog {
+        &every_fake[..1]
+    } else {
+        &every_fake[..]
+    };
+    let dead_series = "sysmos_notify_deliveries_total{channel=\"slack\",outcome=\"dead_lettered\"}";
+    let (mut dead_seen, mut dead_since) = (0.0, Instant::now());
     let mut done: HashMap<&'static str, Duration> = HashMap::new();
     let produced_calm: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut next_calm = Instant::now();
     let mut calm_sent = 0;
-    let deadline = started + Duration::from_secs(900);
+    let deadline = started + Duration::from_secs(if backlog { 3600 } else { 900 });
     while done.len() < fakes.len() && Instant::now() < deadline {
+        if backlog {
+            // Done once the dead letters stop growing: the rest is sent or waiting its turn.
+            let dead = series(&metrics().await.unwrap_or_default(), dead_series);
+            if dead != dead_seen {
+                (dead_seen, dead_since) = (dead, Instant::now());
+            } else if dead > 0.0 && dead_since.elapsed() > Duration::from_secs(15) {
+                println!(
+                    "dealt with after {:.1} s: {dead} dead-lettered (their turn lay past delivery.max_pending), {} accepted; peak RSS {:.1} MiB",
+                    (dead_since - started).as_secs_f64(),
+                    slack.accepted(),
+                    peak_rss_mib()
+                );
+                break;
+            }
+        }
         for fake in fakes {
             if fake.accepted() >= alerts {
                 done.entry(fake.name).or_insert_with(|| started.elapsed());
@@ -213,14 +267,19 @@ async fn main() -> anyhow::Result<()> {
             .copied()
             .unwrap_or_default()
     };
-    let dead: Vec<Value> = sysmos_notify::ops::read_topic(&kafka, &format!("{PREFIX}.dlq"))?
-        .iter()
-        .filter_map(|m| serde_json::from_slice(rdkafka::Message::payload(m)?).ok())
-        .collect();
+    // A backlog's dead letters are counted from the metrics: reading a million back is slow.
+    let dead: Vec<Value> = if backlog {
+        Vec::new()
+    } else {
+        sysmos_notify::ops::read_topic(&kafka, &format!("{PREFIX}.dlq"))?
+            .iter()
+            .filter_map(|m| serde_json::from_slice(rdkafka::Message::payload(m)?).ok())
+            .collect()
+    };
     let text = metrics().await.unwrap_or_default();
     println!("\n| provider | last alert accepted after | accepted | rate-limit answers (429) | dead-lettered |");
     println!("|---|---|---|---|---|");
-    for fake in fakes {
+    for fake in fakes.iter().copied() {
         let dead_here = dead
             .iter()
             .filter(|l| l["delivery"]["channel_type"] == fake.name)
@@ -238,7 +297,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("\naccepted per 20 s (from the storm's start):");
-    for fake in fakes {
+    for fake in fakes.iter().copied() {
         let mut per: Vec<usize> = Vec::new();
         let limited: Vec<_> = fake.receiver.requests();
         for r in &limited {
