@@ -2,11 +2,13 @@
 //! `{group_id}.deliveries`, and hands each record to the per-record [`pipeline`], which attempts
 //! it and writes where it goes next ([`plan`]) before its offset is stored.
 //!
-//! This file is the consume-and-pause loop. A retry tier holds a delivery that is not yet due
-//! by pausing only its partition, so other partitions and topics keep flowing while it waits.
+//! Waiting for a provider's rate limit is [`waiting`]'s. This file is the consume-and-pause
+//! loop: a retry tier holds a delivery that is not yet due by pausing only its partition, so
+//! other partitions and topics keep flowing while it waits.
 
 mod pipeline;
 mod plan;
+mod waiting;
 
 use std::sync::Arc;
 use std::time::Duration;
