@@ -16,13 +16,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Message, TopicPartitionList};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Paces;
 use crate::delivery::Dispatcher;
-use crate::kafka::context::{next_owned, GroupConsumer};
+use crate::kafka::context::{next_owned, owns, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::Output;
 use crate::kafka::topics::Topics;
@@ -110,7 +110,7 @@ impl Deliverer {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
-                    if !consumer.context().assignment.lock().expect("assignment lock").is_current(&pos) {
+                    if !owns(&consumer, &pos) {
                         tracing::debug!(topic = %pos.topic, partition = pos.partition, offset = pos.offset,
                             "revoked while waiting; the next owner attempts it");
                         return;
@@ -123,10 +123,9 @@ impl Deliverer {
                     if let Some(due) = record.not_before.filter(|due| *due > now) {
                         let left = (due - now).to_std().unwrap_or_default();
                         if left > this.patience {
-                            let unfinished = tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                permit = this.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
-                            };
+                            let Some(unfinished) = this.unfinished_slot(&shutdown).await else {
+                        return;
+                    };
                             let step = retry::park(left, &this.delays, now)
                                 .unwrap_or(Step::Retry { tier, not_before: due });
                             this.finish_with(record, step, consumer, pos).await;
@@ -136,21 +135,19 @@ impl Deliverer {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(left) => {}
                         }
-                        if !consumer.context().assignment.lock().expect("assignment lock").is_current(&pos) {
+                        if !owns(&consumer, &pos) {
                             return; // revoked while waiting: the next owner attempts it
                         }
                     }
-                    let unfinished = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        permit = this.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                    let Some(unfinished) = this.unfinished_slot(&shutdown).await else {
+                        return;
                     };
                     this.handle(record, consumer, pos, unfinished, shutdown, false).await
                 });
                 continue;
             }
-            let unfinished = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = self.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            let Some(unfinished) = self.unfinished_slot(&shutdown).await else {
+                break;
             };
             tracker.spawn(self.clone().handle(
                 record,
@@ -172,6 +169,14 @@ impl Deliverer {
 }
 
 impl Deliverer {
+    /// A place among the deliveries read and not yet finished; `None` once stopping.
+    async fn unfinished_slot(&self, shutdown: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            permit = self.unfinished.clone().acquire_owned() => Some(permit.expect("semaphore never closed")),
+        }
+    }
+
     /// When a record read from `tier` (written at `written_ms`) is to be looked at again:
     /// its `not_before`, but no later than the tier's own delay after it was written. Every
     /// record of a tier is then due in the order it was written, so pausing a partition until

@@ -112,7 +112,6 @@ impl Deliverer {
 
     /// The attempt itself (unless the destination does not let it through), and the writes
     /// of where the delivery goes next.
-    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         mut record: DeliveryRecord,

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use rdkafka::consumer::Consumer;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Outputs};
 use super::Deliverer;
-use crate::kafka::context::{finish, GroupConsumer};
+use crate::kafka::context::{finish, owns, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::ledger::{Handled, Read};
 use crate::model::DeliveryRecord;
@@ -76,18 +75,12 @@ impl Deliverer {
         };
         self.metrics.waiting(&kind, -1);
         drop(room);
-        let ours = consumer
-            .context()
-            .assignment
-            .lock()
-            .expect("assignment lock")
-            .is_current(&pos);
+        let ours = owns(&consumer, &pos);
         let (Some(turn), true) = (turn, ours) else {
             return; // not finished: read again after the restart, or by the partition's new owner
         };
-        let unfinished = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = self.unfinished.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        let Some(unfinished) = self.unfinished_slot(&shutdown).await else {
+            return;
         };
         match turn {
             Ok(()) => {

@@ -238,6 +238,16 @@ pub async fn next_owned(
     }
 }
 
+/// Whether the work begun at `pos` is still this consumer's to finish (not revoked since).
+pub fn owns(consumer: &GroupConsumer, pos: &super::offsets::Position) -> bool {
+    consumer
+        .context()
+        .assignment
+        .lock()
+        .expect("assignment lock")
+        .is_current(pos)
+}
+
 /// Registers work on a received message; `None` when it is not ours to do (revoked or re-fetched).
 pub fn begin<M: rdkafka::Message>(
     consumer: &GroupConsumer,

@@ -143,52 +143,19 @@ impl Pacer {
     /// A held bucket or provider costs no turn; a turn taken in one bucket while another has
     /// none is not given back (the pace is never exceeded, at worst slowed).
     pub fn take(&self, needs: &[Need], now: Instant) -> Result<(), Duration> {
-        let mut state = self.state.lock().expect("pacer lock");
-        let held = needs
-            .iter()
-            .filter_map(|need| {
-                let provider = state.providers.get(&need.key.provider).copied();
-                let bucket = state.buckets.get(&need.key).and_then(|b| b.held_until);
-                provider.max(bucket)
-            })
-            .max()
-            .filter(|until| *until > now);
-        if let Some(until) = held {
-            return Err(until - now);
-        }
-        let mut wait = Duration::ZERO;
-        for need in needs {
-            let bucket = state.bucket(need, now);
-            if let Some(limiter) = &bucket.limiter {
-                if let Err(not_until) = limiter.check() {
-                    wait = wait.max(not_until.wait_time_from(now));
-                }
-            }
-        }
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(wait)
-        }
+        self.state.lock().expect("pacer lock").take(needs, now)
     }
 
     /// A turn now, if nobody is in line for these buckets and each has one; else how long a
     /// newcomer would wait.
     pub fn try_take(&self, needs: &[Need], now: Instant) -> Result<(), Duration> {
-        let estimate = {
-            let mut state = self.state.lock().expect("pacer lock");
-            if needs.iter().any(|n| state.bucket(n, now).queued > 0) {
-                Some(state.estimate_all(needs, now))
-            } else {
-                None
-            }
-        };
-        match estimate {
-            Some(wait) => Err(wait),
-            None => self.take(needs, now).map_err(|wait| {
-                let mut state = self.state.lock().expect("pacer lock");
-                wait.max(state.estimate_all(needs, now))
-            }),
+        let mut state = self.state.lock().expect("pacer lock");
+        if needs.iter().any(|n| state.bucket(n, now).queued > 0) {
+            return Err(state.estimate_all(needs, now));
+        }
+        match state.take(needs, now) {
+            Ok(()) => Ok(()),
+            Err(wait) => Err(wait.max(state.estimate_all(needs, now))),
         }
     }
 
@@ -313,6 +280,30 @@ impl Drop for InLine<'_> {
 }
 
 impl State {
+    fn take(&mut self, needs: &[Need], now: Instant) -> Result<(), Duration> {
+        let held = needs
+            .iter()
+            .map(|n| self.held(n, now))
+            .max()
+            .unwrap_or_default();
+        if !held.is_zero() {
+            return Err(held);
+        }
+        let mut wait = Duration::ZERO;
+        for need in needs {
+            if let Some(limiter) = &self.bucket(need, now).limiter {
+                if let Err(not_until) = limiter.check() {
+                    wait = wait.max(not_until.wait_time_from(now));
+                }
+            }
+        }
+        if wait.is_zero() {
+            Ok(())
+        } else {
+            Err(wait)
+        }
+    }
+
     /// How long `need`'s bucket (or its provider) is held from `now`.
     fn held(&self, need: &Need, now: Instant) -> Duration {
         self.providers

@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio::sync::Semaphore;
@@ -20,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{marker_key, wanted, Marker, Markers};
 use crate::delivery::email::Mailer;
-use crate::kafka::context::{finish, next_owned, GroupConsumer};
+use crate::kafka::context::{finish, next_owned, owns, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::{OutRecord, Output};
 use crate::metrics::{Metrics, VerificationOutcome};
@@ -101,14 +100,7 @@ impl Verifier {
         else {
             return Ok(());
         };
-        let ours = || {
-            consumer
-                .context()
-                .assignment
-                .lock()
-                .expect("assignment lock")
-                .is_current(pos)
-        };
+        let ours = || owns(consumer, pos);
         for (address, url) in wanted(&settings) {
             let key = marker_key(&address, url.expose());
             if self.markers.contains(&key) || !self.take(&key) {
