@@ -1,6 +1,10 @@
 //! `scripts/chaos`: nothing lost under faults. Events flow for a while to webhook receivers
 //! that fail at random (at most twice per delivery, so every delivery can succeed within the
-//! retry tiers), while two service instances share one consumer group. At random moments an
+//! retry tiers), while two service instances share one consumer group. The last channel is
+//! rate-limited: its settings carry a `rate` of the event rate (below what the retries need) and its
+//! receiver enforces that limit with 429 and `Retry-After`, so a backlog waits for its bucket
+//! (in memory and in the retry tiers) through the faults, and a restarted instance's full
+//! bucket meets the receiver's empty one. At random moments an
 //! instance is killed with SIGKILL and restarted, the second instance leaves and rejoins, and
 //! the broker is restarted once. Then it waits for the pipeline to drain and prints what was
 //! produced, expected, delivered, lost (must be 0) and duplicated, and the longest delay.
@@ -18,6 +22,7 @@ use rdkafka::ClientConfig;
 use serde_json::json;
 
 use testkit::broker::create_topics;
+use testkit::limits::{Enforced, Limit};
 use testkit::receiver::{Receiver, Reply};
 use testkit::service::{now_ms, Instance, Setting};
 
@@ -73,7 +78,8 @@ fn options() -> Options {
 struct Seen {
     failures: HashMap<String, u32>,
     successes: HashMap<String, u32>,
-    delay_ms: HashMap<String, i64>,
+    /// Per webhook-id: the receiver's path (one per channel) and produce-to-receipt delay.
+    delay_ms: HashMap<String, (String, i64)>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -88,12 +94,24 @@ async fn main() {
     );
     let mut rng = Rng(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
 
-    // Receivers: each delivery fails at random at most twice, then is answered 200.
+    // Receivers: each delivery fails at random at most twice, then is answered 200; the
+    // paced channel's receiver first answers 429 past its limit.
     let seen = Arc::new(Mutex::new(Seen::default()));
     let receiver = Receiver::start().await;
     let decide = seen.clone();
     let failing = Arc::new(Mutex::new(Rng(opts.seed + 1)));
+    let paced = opts.channels - 1;
+    let pace = opts.rate as u32;
+    let limit = Enforced::new(Limit::webhook(pace));
+    let enforce = limit.clone();
+    let paced_path = format!("/c{paced}");
     receiver.respond_by(Arc::new(move |request| {
+        if request.path == paced_path {
+            let answer = enforce.answer(request);
+            if answer.status == 429 {
+                return answer;
+            }
+        }
         let id = request
             .headers
             .get("webhook-id")
@@ -110,7 +128,10 @@ async fn main() {
             .as_i64()
             .unwrap_or_else(now_ms);
         *seen.successes.entry(id.clone()).or_default() += 1;
-        seen.delay_ms.entry(id).or_insert(now_ms() - produced);
+        let path = request.path.clone();
+        seen.delay_ms
+            .entry(id)
+            .or_insert((path, now_ms() - produced));
         Reply::status(200)
     }));
 
@@ -157,7 +178,13 @@ allow_private_targets = true
         .create()
         .unwrap();
     let channels: Vec<_> = (0..opts.channels)
-        .map(|k| json!({"id": format!("hook{k}"), "type": "webhook", "url": format!("{}/c{k}", receiver.base)}))
+        .map(|k| {
+            let mut channel = json!({"id": format!("hook{k}"), "type": "webhook", "url": format!("{}/c{k}", receiver.base)});
+            if k == paced {
+                channel["rate"] = json!(format!("{pace}/1s"));
+            }
+            channel
+        })
         .collect();
     let account = json!({"account_id": "acc", "version": 1, "channels": channels}).to_string();
     producer
@@ -177,7 +204,7 @@ allow_private_targets = true
         instance.start(&bin, &config, &work, &log_filter);
     }
     println!(
-        "chaos: {}s at {} events/s, {} webhook channels per event, seed {}; broker {brokers}; logs in {}",
+        "chaos: {}s at {} events/s, {} webhook channels per event (hook{paced} paced at {pace}/s), seed {}; broker {brokers}; logs in {}",
         opts.duration.as_secs(),
         opts.rate,
         opts.channels,
@@ -334,13 +361,6 @@ allow_private_targets = true
     let delivered = seen.successes.len() as u64;
     let duplicated: u64 = seen.successes.values().map(|n| u64::from(n - 1)).sum();
     let lost = expected.saturating_sub(delivered);
-    let longest = seen.delay_ms.values().max().copied().unwrap_or(0);
-    let mut delays: Vec<i64> = seen.delay_ms.values().copied().collect();
-    delays.sort_unstable();
-    let p99 = delays
-        .get(delays.len().saturating_sub(1) * 99 / 100)
-        .copied()
-        .unwrap_or(0);
     println!("\nevents produced:     {produced}");
     println!("deliveries expected: {expected}");
     println!("delivered:           {delivered}");
@@ -362,17 +382,39 @@ allow_private_targets = true
     }
     println!("dead letters:        {dead_letters}");
     println!(
+        "rate-limit answers:  {} (hook{paced}, paced at {pace}/s)",
+        limit.limited()
+    );
+    println!(
         "forced rebalances:   {forced} (after a drain stalled {}s)",
         stall.as_secs()
     );
     for (reason, n) in reasons.iter().take(5) {
         println!("  {n} × {reason}");
     }
-    println!(
-        "longest delay:       {:.1} s (p99 {:.1} s)",
-        longest as f64 / 1000.0,
-        p99 as f64 / 1000.0
-    );
+    for k in 0..opts.channels {
+        let path = format!("/c{k}");
+        let mut delays: Vec<i64> = seen
+            .delay_ms
+            .values()
+            .filter(|(p, _)| *p == path)
+            .map(|(_, ms)| *ms)
+            .collect();
+        delays.sort_unstable();
+        let at = |q: usize| {
+            delays
+                .get(delays.len().saturating_sub(1) * q / 100)
+                .copied()
+        };
+        let seconds = |ms: Option<i64>| ms.unwrap_or(0) as f64 / 1000.0;
+        println!(
+            "delay, hook{k}:         p50 {:.1} s, p99 {:.1} s, longest {:.1} s{}",
+            seconds(at(50)),
+            seconds(at(99)),
+            seconds(delays.last().copied()),
+            if k == paced { " (paced)" } else { "" }
+        );
+    }
     if lost > 0 {
         for (topic, behind) in &backlog {
             println!("  not committed in {topic}: {behind:?}");

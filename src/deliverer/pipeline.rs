@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Outputs, Unreadable};
-use super::waiting::Waiting;
+use super::waiting::Turn;
 use super::Deliverer;
 use crate::delivery::{pagerduty, Attempted, Outcome};
 use crate::kafka::context::{finish, GroupConsumer};
@@ -62,11 +62,12 @@ impl Deliverer {
             (Verdict::Attempt, Some(channel)) => {
                 let needs = pacing::needs(&record, &channel, &self.paces);
                 if !has_turn {
-                    if let Err(wait) = self.pacer.try_take(&needs, Instant::now()) {
+                    let turn = self.take_turn(&record, &needs);
+                    if !matches!(turn, Turn::Now) {
                         drop((slot, _claim));
-                        let waiting = (record, needs, wait);
+                        let waiting = (record, needs, turn);
                         return self
-                            .wait(waiting, consumer, pos, unfinished, shutdown)
+                            .to_turn(waiting, consumer, pos, unfinished, shutdown)
                             .await;
                     }
                 }
@@ -74,12 +75,13 @@ impl Deliverer {
                 let sent = self
                     .send(record, channel, needs, &consumer, &pos, slots)
                     .await;
-                // A rate-limit answer: the delivery waits again, without its claim (the same
-                // record is claimed again when its turn comes).
-                if let Some((waiting, unfinished)) = sent {
+                // A rate-limit answer: the delivery waits for a new turn, without its claim
+                // (the same record is claimed again when its turn comes).
+                if let Some((record, needs, unfinished)) = sent {
                     drop(_claim);
+                    let turn = self.take_turn(&record, &needs);
                     return self
-                        .wait(waiting, consumer, pos, unfinished, shutdown)
+                        .to_turn((record, needs, turn), consumer, pos, unfinished, shutdown)
                         .await;
                 }
                 return;
@@ -120,7 +122,7 @@ impl Deliverer {
         consumer: &GroupConsumer,
         pos: &Position,
         (slot, unfinished): (OwnedSemaphorePermit, OwnedSemaphorePermit),
-    ) -> Option<(Waiting, OwnedSemaphorePermit)> {
+    ) -> Option<(DeliveryRecord, Vec<Need>, OwnedSemaphorePermit)> {
         let read = Read::of(&record);
         let kind = channel.kind.name();
         let at = Utc::now();
@@ -154,7 +156,7 @@ impl Deliverer {
                     delivery = %record.delivery_id, ?wait, provider_wide, %error,
                     "rate limited by the provider: its bucket waits (no retry used up)");
                 drop(slot);
-                return Some(((record, needs, *wait), unfinished));
+                return Some((record, needs, unfinished));
             }
             Ok(Attempted {
                 outcome,

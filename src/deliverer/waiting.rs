@@ -1,10 +1,11 @@
-//! Where a delivery waits for its provider buckets' turn (CONTRACT §5a): in its buckets' line
-//! in memory, its offset unstored behind it and no slot held; or, when a line or the waiting
-//! room is full or a bucket is held long, parked in the retry tier that fits the wait with its
-//! turn booked (no retry used up); or, past `delivery.max_pending`, in the DLQ.
+//! Where a delivery waits for its provider buckets' turn (CONTRACT §5a). Its turn is reserved
+//! first (`pacing`), then it waits for it in memory, its offset unstored behind it and no slot
+//! held; or, when its buckets' line or the waiting room is full or a bucket is held long,
+//! parked in the retry tier that fits the wait (no retry used up), claiming its turn when it
+//! is back; or, when the turn lies past `delivery.max_pending`, in the DLQ.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -15,16 +16,29 @@ use super::Deliverer;
 use crate::kafka::context::{finish, owns, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::ledger::{Handled, Read};
-use crate::model::DeliveryRecord;
+use crate::model::{DeliveryRecord, Fate};
 use crate::pacing::Need;
 use crate::retry::{self, Step};
 
-/// A delivery waiting for a turn in its buckets (`needs`), for about how long.
-pub(super) type Waiting = (DeliveryRecord, Vec<Need>, std::time::Duration);
+/// A delivery's turn in its provider buckets, reserved or not.
+pub(super) enum Turn {
+    Now,
+    /// Reserved this far away.
+    In(Duration),
+    /// Not reserved: it lies this far away, past `delivery.max_pending`.
+    TooFar(Duration),
+}
+
+/// A delivery whose turn in its buckets (`needs`) is reserved `wait` from now.
+pub(super) struct Waiting {
+    pub record: DeliveryRecord,
+    pub needs: Vec<Need>,
+    pub wait: Duration,
+}
 
 impl Deliverer {
     /// Holds `needs`' buckets (or, `provider_wide`, their whole provider) for `wait`.
-    pub(super) fn hold(&self, needs: &[Need], wait: std::time::Duration, provider_wide: bool) {
+    pub(super) fn hold(&self, needs: &[Need], wait: Duration, provider_wide: bool) {
         let until = Instant::now() + wait;
         for need in needs {
             if provider_wide {
@@ -35,97 +49,135 @@ impl Deliverer {
         }
     }
 
-    /// A delivery that must wait about `wait` for a turn in its buckets (`needs`). It waits
-    /// here, in the waiting room, in line for the buckets (first come, first served), with its
-    /// offset unstored behind it and no slot held; when the room or a line is full, or a bucket
-    /// is held longer than the patience, it is parked in a retry tier (no retry used up). Past
-    /// `delivery.max_pending` of waiting it is dead-lettered.
-    pub(super) async fn wait(
+    /// The turn of `record` in its buckets: the one it reserved before it was parked, if this
+    /// process owes it that; else the next free one, reserved now, unless it lies past what
+    /// `delivery.max_pending` leaves it.
+    pub(super) fn take_turn(&self, record: &DeliveryRecord, needs: &[Need]) -> Turn {
+        let now = Instant::now();
+        if record.waiting_since.is_some() && self.pacer.claim(needs, now) {
+            return Turn::Now;
+        }
+        let waited = record
+            .waiting_since
+            .map_or(chrono::Duration::zero(), |since| Utc::now() - since);
+        let allowed = (self.max_pending - waited).to_std().unwrap_or_default();
+        match self.pacer.turn(needs, now, allowed) {
+            Ok(wait) if wait.is_zero() => Turn::Now,
+            Ok(wait) => Turn::In(wait),
+            Err(distance) => Turn::TooFar(distance),
+        }
+    }
+
+    /// Takes a delivery to its turn: at once, after waiting for it here, parked in a retry
+    /// tier until it, or (past `delivery.max_pending`) to the DLQ.
+    pub(super) async fn to_turn(
         self: Arc<Self>,
-        (mut record, needs, wait): Waiting,
+        (record, needs, turn): (DeliveryRecord, Vec<Need>, Turn),
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+        unfinished: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        match turn {
+            Turn::Now => {
+                let handling = self.handle(record, consumer, pos, unfinished, shutdown, true);
+                Box::pin(handling).await
+            }
+            Turn::In(wait) => {
+                let waiting = Waiting {
+                    record,
+                    needs,
+                    wait,
+                };
+                self.wait(waiting, consumer, pos, unfinished, shutdown)
+                    .await
+            }
+            Turn::TooFar(distance) => {
+                let reason = format!(
+                    "its provider's rate limit would keep it waiting past delivery.max_pending \
+                     (its turn is {} away)",
+                    humantime::format_duration(Duration::from_secs(distance.as_secs()))
+                );
+                self.finish_with(record, Step::DeadLetter { reason }, consumer, pos)
+                    .await
+            }
+        }
+    }
+
+    /// A delivery whose turn is reserved `wait` from now waits for it here, in memory, with
+    /// its offset unstored behind it and no slot held; when the waiting room or its buckets'
+    /// line is full, or a bucket is held longer than the patience, it is parked in a retry
+    /// tier until the turn (no retry used up).
+    async fn wait(
+        self: Arc<Self>,
+        mut waiting: Waiting,
         consumer: Arc<GroupConsumer>,
         pos: Position,
         unfinished: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
         let now = Utc::now();
-        let since = *record.waiting_since.get_or_insert(now);
-        if now - since >= self.max_pending {
-            let waited = (now - since).to_std().unwrap_or_default();
-            let reason = format!(
-                "waited {} for its provider's rate limit (delivery.max_pending)",
-                humantime::format_duration(std::time::Duration::from_secs(waited.as_secs()))
-            );
-            return self
-                .finish_with(record, Step::DeadLetter { reason }, consumer, pos)
-                .await;
-        }
-        let room = self.waiting.clone().try_acquire_owned().ok();
-        let Some(room) = room else {
-            return self
-                .park((record, needs, wait), since, consumer, pos, unfinished)
-                .await;
+        waiting.record.waiting_since.get_or_insert(now);
+        let Some(room) = self.waiting.clone().try_acquire_owned().ok() else {
+            return self.park(waiting, consumer, pos, unfinished).await;
         };
-        drop(unfinished);
-        let kind = record.channel_type.clone();
-        self.metrics.waiting(&kind, 1);
-        let turn = tokio::select! {
-            _ = shutdown.cancelled() => None,
-            turn = self.pacer.turn(&needs, self.patience) => Some(turn),
+        let waited = {
+            let Some(_line) = self.pacer.line(&waiting.needs, self.patience) else {
+                return self.park(waiting, consumer, pos, unfinished).await;
+            };
+            drop(unfinished);
+            let kind = &waiting.record.channel_type;
+            self.metrics.waiting(kind, 1);
+            // A hold since the turn was reserved moves it back: wait that too.
+            let mut shifted = self.pacer.shifted(&waiting.needs);
+            let mut wait = waiting.wait;
+            let waited = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break false,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                let now_shifted = self.pacer.shifted(&waiting.needs);
+                wait = now_shifted.saturating_sub(shifted);
+                if wait.is_zero() {
+                    break true;
+                }
+                shifted = now_shifted;
+            };
+            self.metrics.waiting(kind, -1);
+            waited
         };
-        self.metrics.waiting(&kind, -1);
         drop(room);
-        let ours = owns(&consumer, &pos);
-        let (Some(turn), true) = (turn, ours) else {
+        if !waited || !owns(&consumer, &pos) {
             return; // not finished: read again after the restart, or by the partition's new owner
-        };
+        }
         let Some(unfinished) = self.unfinished_slot(&shutdown).await else {
             return;
         };
-        match turn {
-            Ok(()) => {
-                let handling = self.handle(record, consumer, pos, unfinished, shutdown, true);
-                Box::pin(handling).await
-            }
-            // Its bucket is held long, or its line is full: a tier, then.
-            Err(wait) => {
-                let waiting = (record, needs, wait);
-                self.park(waiting, since, consumer, pos, unfinished).await
-            }
-        }
+        let onward = self.handle(waiting.record, consumer, pos, unfinished, shutdown, true);
+        Box::pin(onward).await
     }
 
-    /// Parks a waiting delivery in the retry tier that fits its wait, with its turn booked;
-    /// dead-letters it if that turn lies past `delivery.max_pending`.
+    /// Parks a waiting delivery in the retry tier that fits its wait, until its reserved turn.
     async fn park(
         &self,
-        (record, needs, wait): Waiting,
-        since: chrono::DateTime<Utc>,
+        Waiting {
+            record,
+            needs,
+            wait,
+        }: Waiting,
         consumer: Arc<GroupConsumer>,
         pos: Position,
         unfinished: OwnedSemaphorePermit,
     ) {
-        let now = Utc::now();
-        let allowed = (self.max_pending - (now - since))
-            .to_std()
-            .unwrap_or_default();
-        let booked = self.pacer.book(&needs, Instant::now(), allowed);
-        let wait = booked.map_or_else(|too_far| too_far, |turn| turn.max(wait));
-        if wait > allowed {
-            let reason = format!(
-                "its provider's rate limit would keep it waiting past delivery.max_pending \
-                 (its turn is {} away)",
-                humantime::format_duration(std::time::Duration::from_secs(wait.as_secs()))
-            );
-            return self
-                .finish_with(record, Step::DeadLetter { reason }, consumer, pos)
-                .await;
+        let step =
+            retry::park(wait, &self.delays, Utc::now()).unwrap_or_else(|| Step::DeadLetter {
+                reason: "waiting for its provider's rate limit, with no retry tier to wait in \
+                         (retry.delays is empty)"
+                    .to_owned(),
+            });
+        if matches!(step, Step::Retry { .. }) {
+            self.pacer.park(&needs);
         }
-        let step = retry::park(wait, &self.delays, now).unwrap_or_else(|| Step::DeadLetter {
-            reason: "waiting for its provider's rate limit, with no retry tier to wait in \
-                     (retry.delays is empty)"
-                .to_owned(),
-        });
         self.finish_with(record, step, consumer, pos).await;
         drop(unfinished);
     }
@@ -149,7 +201,10 @@ impl Deliverer {
         if !self.journal.record(Handled::of(&record, read, fate)).await {
             return;
         }
-        self.metrics.delivery(&record.channel_type, fate);
+        // Parked or cycled, it was not retried: it shows in the retry tiers' gauges instead.
+        if fate != Fate::Retried {
+            self.metrics.delivery(&record.channel_type, fate);
+        }
         if let Step::Retry { tier, not_before } = &step {
             tracing::debug!(account = %record.account_id, channel = %record.channel_id,
                 delivery = %record.delivery_id, tier, %not_before, "waits in a retry tier");

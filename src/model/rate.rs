@@ -1,12 +1,11 @@
 //! A pace as operators and the settings app write it: `"N/DURATION"` (`"1/1s"`, `"100/1m"`),
-//! with a burst, turned into a token bucket's quota (CONTRACT §1, §5a).
+//! paced with a burst by `pacing` (CONTRACT §1, §5a).
 
 use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
 
-use governor::Quota;
 use serde::Deserialize;
 
 /// `count` requests per `per`, sustained.
@@ -57,17 +56,6 @@ impl fmt::Display for Rate {
     }
 }
 
-impl Rate {
-    /// The quota of a bucket that refills one request every `per / count` and holds `burst`:
-    /// at most `burst + count` requests in any `per`.
-    pub fn quota(self, burst: NonZeroU32) -> Quota {
-        let period = (self.per / self.count.get()).max(Duration::from_nanos(1));
-        Quota::with_period(period)
-            .expect("a period above zero")
-            .allow_burst(burst)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,15 +70,5 @@ mod tests {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?}");
         }
         assert_eq!(rate.to_string(), "5/2s");
-    }
-
-    #[test]
-    fn a_quota_allows_the_burst_then_the_pace() {
-        let quota = "100/1m"
-            .parse::<Rate>()
-            .unwrap()
-            .quota(NonZeroU32::new(20).unwrap());
-        assert_eq!(quota.burst_size().get(), 20);
-        assert_eq!(quota.replenish_interval(), Duration::from_millis(600));
     }
 }

@@ -8,12 +8,10 @@
 //! Buckets are keyed by a hash of the credential: no token is kept in a key, a log or a metric.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, RateLimiter};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::config::{Pace, Paces};
 use crate::model::{Channel, ChannelKind, DeliveryRecord};
@@ -103,16 +101,18 @@ fn hashed(parts: &[&str]) -> String {
 }
 
 struct Bucket {
-    /// Deliveries waiting for a turn line up here, first come first served.
-    line: Arc<Semaphore>,
-    /// How many are in line.
-    queued: usize,
-    limiter: Option<DefaultDirectRateLimiter>,
-    /// What the limiter was built for: a changed webhook `rate` builds it again.
-    pace: Option<Pace>,
+    /// The time of the next turn at the bucket's pace (GCRA's theoretical arrival time):
+    /// every turn, waited for in memory or by a parked delivery, is reserved on this one
+    /// timeline in order, so no turn is promised twice and nobody is overtaken.
+    next: Option<Instant>,
     held_until: Option<Instant>,
-    /// Turns booked by deliveries parked in the retry tiers run to here.
-    booked_until: Option<Instant>,
+    /// How far holds have moved this bucket's reserved turns, in all: a delivery waiting in
+    /// memory for its turn waits as much longer as this grew meanwhile.
+    shifted: Duration,
+    /// Deliveries waiting in memory for a turn reserved here.
+    in_line: usize,
+    /// Turns reserved by deliveries parked in a retry tier and not yet claimed.
+    parked: usize,
     last_used: Instant,
 }
 
@@ -139,117 +139,102 @@ const MIN_SWEEP: usize = 4096;
 const IDLE: Duration = Duration::from_secs(3600);
 
 impl Pacer {
-    /// Takes a turn in every bucket of `needs`, or says how long to wait before asking again.
-    /// A held bucket or provider costs no turn; a turn taken in one bucket while another has
-    /// none is not given back (the pace is never exceeded, at worst slowed).
-    pub fn take(&self, needs: &[Need], now: Instant) -> Result<(), Duration> {
-        self.state.lock().expect("pacer lock").take(needs, now)
-    }
-
-    /// A turn now, if nobody is in line for these buckets and each has one; else how long a
-    /// newcomer would wait.
-    pub fn try_take(&self, needs: &[Need], now: Instant) -> Result<(), Duration> {
-        let mut state = self.state.lock().expect("pacer lock");
-        if needs.iter().any(|n| state.bucket(n, now).queued > 0) {
-            return Err(state.estimate_all(needs, now));
-        }
-        match state.take(needs, now) {
-            Ok(()) => Ok(()),
-            Err(wait) => Err(wait.max(state.estimate_all(needs, now))),
-        }
-    }
-
-    /// Waits in line (first come, first served in each bucket) for a turn in every bucket of
-    /// `needs`. It does not wait, and returns how long it estimates, when a bucket is held
-    /// longer than `patience` or already has [`LINE`] deliveries in line: the caller then
-    /// parks the delivery in a retry tier.
-    pub async fn turn(&self, needs: &[Need], patience: Duration) -> Result<(), Duration> {
-        let now = Instant::now();
-        let Err(wait) = self.try_take(needs, now) else {
-            return Ok(());
-        };
-        let lines = {
-            let mut state = self.state.lock().expect("pacer lock");
-            let refused = needs.iter().any(|n| {
-                state.held(n, now) > patience
-                    || state.buckets.get(&n.key).is_some_and(|b| b.queued >= LINE)
-            });
-            if refused {
-                return Err(wait);
-            }
-            let mut keys: Vec<&BucketKey> = needs.iter().map(|n| &n.key).collect();
-            keys.sort_by(|a, b| a.id.cmp(&b.id));
-            keys.dedup();
-            keys.into_iter()
-                .map(|key| {
-                    let bucket = state.buckets.get_mut(key).expect("created by try_take");
-                    bucket.queued += 1;
-                    (key.clone(), bucket.line.clone())
-                })
-                .collect::<Vec<_>>()
-        };
-        let _in_line = InLine {
-            pacer: self,
-            keys: lines.iter().map(|(k, _)| k.clone()).collect(),
-        };
-        // Acquired in key order, so two deliveries needing the same buckets cannot deadlock.
-        let mut permits = Vec::with_capacity(lines.len());
-        for (_, line) in &lines {
-            permits.push(line.clone().acquire_owned().await.expect("never closed"));
-        }
-        loop {
-            match self.take(needs, Instant::now()) {
-                Ok(()) => return Ok(()),
-                Err(wait) => tokio::time::sleep(wait).await,
-            }
-        }
-    }
-
-    /// Books a turn for a delivery that will wait in a retry tier, after every turn booked
-    /// before and after the line and the hold now: parked deliveries then come back one by
-    /// one, each near its turn, instead of all at once. Returns how long until the turn; a
-    /// turn further away than `within` is not booked, and its distance is the error.
-    pub fn book(
+    /// Reserves the next turn in every bucket of `needs`: after the turns reserved before it
+    /// (first come, first served), the buckets' holds, and within each bucket's pace and burst.
+    /// Returns how long until the turn (zero: now). A turn further away than `within` is not
+    /// reserved, and its distance is the error.
+    pub fn turn(
         &self,
         needs: &[Need],
         now: Instant,
         within: Duration,
     ) -> Result<Duration, Duration> {
         let mut state = self.state.lock().expect("pacer lock");
-        let mut turns = Vec::with_capacity(needs.len());
+        let at = needs
+            .iter()
+            .map(|need| state.earliest(need, now))
+            .max()
+            .unwrap_or(now);
+        let distance = at.saturating_duration_since(now);
+        if distance > within {
+            return Err(distance);
+        }
         for need in needs {
-            let start = now + state.estimate(need, now);
-            let bucket = state.bucket(need, now);
-            let turn = match need.pace {
-                None => start,
-                Some(pace) => {
-                    let interval = pace.rate.per / pace.rate.count.get();
-                    bucket
-                        .booked_until
-                        .map_or(start, |booked| booked.max(start))
-                        + interval
-                }
-            };
-            turns.push(turn);
-        }
-        let latest = turns.iter().copied().max().unwrap_or(now) - now;
-        if latest > within {
-            return Err(latest);
-        }
-        for (need, turn) in needs.iter().zip(turns) {
-            if need.pace.is_some() {
-                state.bucket(need, now).booked_until = Some(turn);
+            if let Some(pace) = need.pace {
+                let bucket = state.bucket(need, now);
+                bucket.next = Some(bucket.next.map_or(at, |next| next.max(at)) + interval(pace));
             }
         }
-        Ok(latest)
+        Ok(distance)
+    }
+
+    /// A delivery parked in a retry tier until its reserved turn: counted, so that when it is
+    /// back it can [`claim`](Self::claim) that turn.
+    pub fn park(&self, needs: &[Need]) {
+        let mut state = self.state.lock().expect("pacer lock");
+        for need in needs {
+            state.bucket(need, Instant::now()).parked += 1;
+        }
+    }
+
+    /// A parked delivery back at its turn takes it, if this process reserved such a turn and
+    /// still owes it, and no bucket is held. Otherwise (reserved by another process, before a
+    /// restart, or a hold came since) it reserves a turn anew.
+    pub fn claim(&self, needs: &[Need], now: Instant) -> bool {
+        let mut state = self.state.lock().expect("pacer lock");
+        let owed = needs.iter().all(|need| {
+            state.held(need, now).is_zero()
+                && state.buckets.get(&need.key).is_some_and(|b| b.parked > 0)
+        });
+        if owed {
+            for need in needs {
+                state.bucket(need, now).parked -= 1;
+            }
+        }
+        owed
+    }
+
+    /// A place in memory among the deliveries waiting for `needs`' turn, unless a bucket
+    /// already has [`LINE`] waiting, or is held longer than `patience`: the delivery then
+    /// waits in a retry tier instead. The place is left when the guard is dropped.
+    pub fn line(&self, needs: &[Need], patience: Duration) -> Option<InLine<'_>> {
+        let mut state = self.state.lock().expect("pacer lock");
+        let now = Instant::now();
+        let refused = needs.iter().any(|need| {
+            state.held(need, now) > patience
+                || state
+                    .buckets
+                    .get(&need.key)
+                    .is_some_and(|b| b.in_line >= LINE)
+        });
+        if refused {
+            return None;
+        }
+        for need in needs {
+            state.bucket(need, now).in_line += 1;
+        }
+        let keys = needs.iter().map(|n| n.key.clone()).collect();
+        Some(InLine { pacer: self, keys })
+    }
+
+    /// How far holds have moved the turns of `needs`' buckets so far: see [`Pacer::hold`].
+    pub fn shifted(&self, needs: &[Need]) -> Duration {
+        let state = self.state.lock().expect("pacer lock");
+        needs
+            .iter()
+            .filter_map(|need| state.buckets.get(&need.key))
+            .map(|bucket| bucket.shifted)
+            .sum()
     }
 
     /// Holds one bucket until `until` (a rate-limit answer, or a provider saying its next
-    /// request must wait).
+    /// request must wait). The turns reserved in it move back by as much as the hold grew, so
+    /// the deliveries waiting for them keep their order and spacing after it.
     pub fn hold(&self, key: &BucketKey, until: Instant) {
         let mut state = self.state.lock().expect("pacer lock");
+        let provider = state.providers.get(&key.provider).copied();
         if let Some(bucket) = state.buckets.get_mut(key) {
-            bucket.held_until = bucket.held_until.max(Some(until));
+            bucket.hold(until, provider, Instant::now());
         }
     }
 
@@ -257,13 +242,37 @@ impl Pacer {
     /// server's 421 or 454).
     pub fn hold_provider(&self, provider: Provider, until: Instant) {
         let mut state = self.state.lock().expect("pacer lock");
+        let before = state.providers.get(&provider).copied();
+        let now = Instant::now();
+        for (key, bucket) in &mut state.buckets {
+            if key.provider == provider {
+                bucket.hold(until, before, now);
+            }
+        }
         let held = state.providers.entry(provider).or_insert(until);
         *held = (*held).max(until);
     }
 }
 
-/// Leaves the lines when the turn is taken, or the wait abandoned (shutdown, revocation).
-struct InLine<'a> {
+impl Bucket {
+    /// Holds until `until` (`provider_held`: the provider's own hold so far), moving the
+    /// reserved turns back by what the hold adds.
+    fn hold(&mut self, until: Instant, provider_held: Option<Instant>, now: Instant) {
+        let from = self
+            .held_until
+            .max(provider_held)
+            .map_or(now, |h| h.max(now));
+        let added = until.saturating_duration_since(from);
+        self.held_until = self.held_until.max(Some(until));
+        if !added.is_zero() {
+            self.shifted += added;
+            self.next = self.next.map(|next| next.max(now) + added);
+        }
+    }
+}
+
+/// A place in memory in some buckets' lines; see [`Pacer::line`].
+pub struct InLine<'a> {
     pacer: &'a Pacer,
     keys: Vec<BucketKey>,
 }
@@ -273,34 +282,29 @@ impl Drop for InLine<'_> {
         let mut state = self.pacer.state.lock().expect("pacer lock");
         for key in &self.keys {
             if let Some(bucket) = state.buckets.get_mut(key) {
-                bucket.queued = bucket.queued.saturating_sub(1);
+                bucket.in_line = bucket.in_line.saturating_sub(1);
             }
         }
     }
 }
 
+/// The time between two turns at `pace`.
+fn interval(pace: Pace) -> Duration {
+    (pace.rate.per / pace.rate.count.get()).max(Duration::from_nanos(1))
+}
+
 impl State {
-    fn take(&mut self, needs: &[Need], now: Instant) -> Result<(), Duration> {
-        let held = needs
-            .iter()
-            .map(|n| self.held(n, now))
-            .max()
-            .unwrap_or_default();
-        if !held.is_zero() {
-            return Err(held);
-        }
-        let mut wait = Duration::ZERO;
-        for need in needs {
-            if let Some(limiter) = &self.bucket(need, now).limiter {
-                if let Err(not_until) = limiter.check() {
-                    wait = wait.max(not_until.wait_time_from(now));
-                }
+    /// The earliest turn `need`'s bucket can give from `now`: after its hold and, at its
+    /// pace, no sooner than the burst allows (GCRA: the next turn less the burst's tolerance).
+    fn earliest(&mut self, need: &Need, now: Instant) -> Instant {
+        let free = now + self.held(need, now);
+        let bucket = self.bucket(need, now);
+        match (need.pace, bucket.next) {
+            (Some(pace), Some(next)) => {
+                let tolerance = interval(pace) * (pace.burst.get() - 1);
+                free.max(next.checked_sub(tolerance).unwrap_or(now))
             }
-        }
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(wait)
+            _ => free,
         }
     }
 
@@ -313,36 +317,15 @@ impl State {
             .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
     }
 
-    fn estimate_all(&mut self, needs: &[Need], now: Instant) -> Duration {
-        needs
-            .iter()
-            .map(|n| self.estimate(n, now))
-            .max()
-            .unwrap_or_default()
-    }
-
-    /// How long a newcomer would wait for a turn in `need`'s bucket at least: the hold, then
-    /// the line ahead of it at the bucket's pace.
-    fn estimate(&mut self, need: &Need, now: Instant) -> Duration {
-        let held = self.held(need, now);
-        let bucket = self.bucket(need, now);
-        let paced = need.pace.map_or(Duration::ZERO, |pace| {
-            let interval = pace.rate.per / pace.rate.count.get();
-            interval * bucket.queued as u32
-        });
-        held + paced
-    }
-
     fn bucket(&mut self, need: &Need, now: Instant) -> &mut Bucket {
         if !self.buckets.contains_key(&need.key)
             && self.buckets.len() >= self.sweep_at.max(MIN_SWEEP)
         {
             self.buckets.retain(|_, b| {
-                b.queued > 0
+                b.in_line > 0
+                    || b.parked > 0
                     || now.saturating_duration_since(b.last_used) < IDLE
-                    || b.held_until
-                        .max(b.booked_until)
-                        .is_some_and(|until| until > now)
+                    || b.held_until.max(b.next).is_some_and(|until| until > now)
             });
             self.sweep_at = self.buckets.len() * 2;
         }
@@ -350,21 +333,14 @@ impl State {
             .buckets
             .entry(need.key.clone())
             .or_insert_with(|| Bucket {
-                line: Arc::new(Semaphore::new(1)),
-                queued: 0,
-                limiter: None,
-                pace: None,
+                next: None,
                 held_until: None,
-                booked_until: None,
+                shifted: Duration::ZERO,
+                in_line: 0,
+                parked: 0,
                 last_used: now,
             });
-        if bucket.pace != need.pace || (bucket.limiter.is_none() && need.pace.is_some()) {
-            bucket.limiter = need
-                .pace
-                .map(|p| RateLimiter::direct(p.rate.quota(p.burst)));
-            bucket.pace = need.pace;
-        }
-        bucket.last_used = now;
+        bucket.last_used = bucket.last_used.max(now);
         bucket
     }
 }

@@ -1,4 +1,4 @@
-//! Unit tests of pacing: turns, holds, the first-come line, booked turns, bucket keys.
+//! Unit tests of pacing: reserved turns, holds, the line in memory, parked turns, bucket keys.
 
 use super::*;
 use crate::model::Rate;
@@ -22,94 +22,160 @@ fn need(id: &str, pace: Option<Pace>) -> Need {
     }
 }
 
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 #[test]
 fn a_bucket_gives_its_burst_then_keeps_its_pace() {
     let pacer = Pacer::default();
     let slack = [need("ops", pace("1/1s", 2))];
     let now = Instant::now();
-    assert_eq!(pacer.try_take(&slack, now), Ok(()));
-    assert_eq!(pacer.try_take(&slack, now), Ok(()));
-    let wait = pacer.try_take(&slack, now).unwrap_err();
-    assert!(
-        wait > Duration::ZERO && wait <= Duration::from_millis(1010),
-        "{wait:?}"
+    let turns: Vec<Duration> = (0..4)
+        .map(|_| pacer.turn(&slack, now, HOUR).unwrap())
+        .collect();
+    assert_eq!(
+        turns,
+        [ms(0), ms(0), ms(1000), ms(2000)],
+        "2 at once, then 1/s"
     );
     assert_eq!(
-        pacer.try_take(&[need("other", pace("1/1s", 2))], now),
-        Ok(()),
+        pacer.turn(&[need("other", pace("1/1s", 2))], now, HOUR),
+        Ok(ms(0)),
         "another bucket has its own turns"
+    );
+    let later = now + ms(10_000);
+    assert_eq!(
+        pacer.turn(&slack, later, HOUR),
+        Ok(ms(0)),
+        "an idle bucket has refilled"
     );
     let unpaced = [need("hook", None)];
     for _ in 0..100 {
-        assert_eq!(pacer.try_take(&unpaced, now), Ok(()), "no pace: no limit");
+        assert_eq!(
+            pacer.turn(&unpaced, now, HOUR),
+            Ok(ms(0)),
+            "no pace: no limit"
+        );
     }
+}
+
+#[test]
+fn turns_are_first_come_first_served_and_a_far_one_is_not_reserved() {
+    let pacer = Pacer::default();
+    let bucket = [need("ops", pace("10/1s", 1))];
+    let now = Instant::now();
+    let turns: Vec<Duration> = (0..3)
+        .map(|_| pacer.turn(&bucket, now, HOUR).unwrap())
+        .collect();
+    assert_eq!(turns, [ms(0), ms(100), ms(200)]);
+    assert_eq!(
+        pacer.turn(&bucket, now, ms(250)),
+        Err(ms(300)),
+        "past the allowance (delivery.max_pending): told, not reserved"
+    );
+    assert_eq!(
+        pacer.turn(&bucket, now + ms(50), HOUR),
+        Ok(ms(250)),
+        "a later arrival comes after every turn reserved before it"
+    );
 }
 
 #[test]
 fn a_hold_stops_its_bucket_or_its_provider_only() {
     let pacer = Pacer::default();
-    let (a, b) = (
-        [need("a", pace("10/1s", 10))],
-        [need("b", pace("10/1s", 10))],
-    );
+    let a = [need("a", pace("10/1s", 5))];
+    let b = [need("b", pace("10/1s", 5))];
     let now = Instant::now();
-    assert_eq!(pacer.try_take(&a, now), Ok(()));
+    assert_eq!(pacer.turn(&a, now, HOUR), Ok(ms(0)));
     pacer.hold(&a[0].key, now + Duration::from_secs(30));
-    assert_eq!(pacer.try_take(&a, now), Err(Duration::from_secs(30)));
-    assert_eq!(pacer.try_take(&b, now), Ok(()));
+    assert!(pacer.turn(&a, now, HOUR).unwrap() >= Duration::from_secs(30));
+    assert_eq!(
+        pacer.turn(&b, now, HOUR),
+        Ok(ms(0)),
+        "another bucket is not held"
+    );
     pacer.hold_provider(Provider::Slack, now + Duration::from_secs(5));
-    assert_eq!(pacer.try_take(&b, now), Err(Duration::from_secs(5)));
+    assert_eq!(pacer.turn(&b, now, HOUR), Ok(Duration::from_secs(5)));
     let later = now + Duration::from_secs(6);
-    assert_eq!(pacer.try_take(&b, later), Ok(()), "the hold ends");
+    assert_eq!(pacer.turn(&b, later, HOUR), Ok(ms(0)), "the hold ends");
 }
 
-#[tokio::test]
-async fn the_line_is_first_come_first_served_and_a_long_hold_is_told() {
-    let pacer = std::sync::Arc::new(Pacer::default());
-    let bucket = [need("ops", pace("20/1s", 1))];
-    assert_eq!(pacer.try_take(&bucket, Instant::now()), Ok(()));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for n in 0..5 {
-        let (pacer, bucket, tx) = (pacer.clone(), bucket.clone(), tx.clone());
-        tokio::spawn(async move {
-            pacer.turn(&bucket, Duration::from_secs(5)).await.unwrap();
-            tx.send(n).unwrap();
-        });
-        tokio::task::yield_now().await;
-    }
-    let mut order = Vec::new();
-    for _ in 0..5 {
-        order.push(rx.recv().await.unwrap());
-    }
-    assert_eq!(order, [0, 1, 2, 3, 4]);
-    pacer.hold(&bucket[0].key, Instant::now() + Duration::from_secs(60));
-    let impatient = pacer.turn(&bucket, Duration::from_secs(15)).await;
+#[test]
+fn a_hold_moves_the_reserved_turns_back_in_order() {
+    let pacer = Pacer::default();
+    let bucket = [need("ops", pace("1/1s", 1))];
+    let now = Instant::now();
+    let turns: Vec<Duration> = (0..3)
+        .map(|_| pacer.turn(&bucket, now, HOUR).unwrap())
+        .collect();
+    assert_eq!(turns, [ms(0), ms(1000), ms(2000)]);
+    assert_eq!(pacer.shifted(&bucket), Duration::ZERO);
+    pacer.hold(&bucket[0].key, Instant::now() + Duration::from_secs(30));
+    let shifted = pacer.shifted(&bucket);
     assert!(
-        impatient.is_err_and(|wait| wait > Duration::from_secs(59)),
-        "a hold longer than the patience is told, not waited: {impatient:?}"
+        (ms(29_900)..=ms(30_000)).contains(&shifted),
+        "the waiting turns move back by the hold: {shifted:?}"
+    );
+    let next = pacer.turn(&bucket, now, HOUR).unwrap();
+    assert!(
+        next >= ms(32_900),
+        "a newcomer comes after the moved turns: {next:?}"
+    );
+    pacer.hold(&bucket[0].key, Instant::now() + Duration::from_secs(10));
+    assert_eq!(
+        pacer.shifted(&bucket),
+        shifted,
+        "a shorter hold adds nothing"
     );
 }
 
 #[test]
-fn parked_deliveries_book_turns_one_after_another() {
+fn the_line_in_memory_is_bounded_and_a_long_hold_is_not_waited_there() {
+    let pacer = Pacer::default();
+    let bucket = [need("ops", pace("1/1s", 1))];
+    let patience = Duration::from_secs(15);
+    let places: Vec<_> = (0..LINE)
+        .map(|_| pacer.line(&bucket, patience).expect("room in line"))
+        .collect();
+    assert!(pacer.line(&bucket, patience).is_none(), "the line is full");
+    drop(places);
+    assert!(
+        pacer.line(&bucket, patience).is_some(),
+        "places are given back"
+    );
+    pacer.hold(&bucket[0].key, Instant::now() + Duration::from_secs(60));
+    assert!(
+        pacer.line(&bucket, patience).is_none(),
+        "held longer than the patience: waited in a retry tier"
+    );
+}
+
+#[test]
+fn a_parked_delivery_claims_the_turn_it_reserved() {
     let pacer = Pacer::default();
     let bucket = [need("ops", pace("1/1s", 1))];
     let now = Instant::now();
-    let hour = Duration::from_secs(3600);
-    let turns: Vec<Duration> = (0..3)
-        .map(|_| pacer.book(&bucket, now, hour).unwrap())
-        .collect();
+    assert_eq!(pacer.turn(&bucket, now, HOUR), Ok(ms(0)));
+    assert_eq!(pacer.turn(&bucket, now, HOUR), Ok(ms(1000)));
+    assert!(!pacer.claim(&bucket, now), "nothing parked: nothing owed");
+    pacer.park(&bucket);
     assert_eq!(
-        turns,
-        [1, 2, 3].map(Duration::from_secs),
-        "each parked delivery comes back a turn after the one before"
+        pacer.turn(&bucket, now + ms(500), HOUR),
+        Ok(ms(1500)),
+        "a newcomer goes after the parked delivery's turn"
     );
-    assert_eq!(
-        pacer.book(&bucket, now, Duration::from_secs(2)),
-        Err(Duration::from_secs(4)),
-        "a turn past the allowance is not booked"
+    let back = now + ms(1000);
+    assert!(pacer.claim(&bucket, back), "back at its turn, it takes it");
+    assert!(!pacer.claim(&bucket, back), "once");
+    pacer.park(&bucket);
+    pacer.hold(&bucket[0].key, back + Duration::from_secs(30));
+    assert!(
+        !pacer.claim(&bucket, back),
+        "a hold since: it reserves a turn after the hold"
     );
-    assert_eq!(pacer.book(&bucket, now, hour), Ok(Duration::from_secs(4)));
 }
 
 #[test]

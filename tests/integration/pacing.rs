@@ -8,6 +8,7 @@ use testkit::limits::{Enforced, Limit};
 
 use crate::common::receiver::{Receiver, Reply};
 use crate::common::scenario::*;
+use crate::common::smtp::{Mail, SmtpServer};
 use crate::common::{create_topic, read_all, until, Setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,4 +180,85 @@ async fn alerts_waiting_for_their_bucket_survive_a_sigkill() {
     );
     assert!(limit.limited() <= 5, "{} answers of 429", limit.limited());
     service.signal(libc::SIGTERM);
+}
+
+async fn mails_to(smtp: &SmtpServer, address: &str, n: usize) -> Vec<Mail> {
+    until(WAIT, &format!("{n} mails to {address}"), || async move {
+        let mails = smtp.mails_to(address);
+        (mails.len() >= n).then_some(mails)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_is_paced_per_recipient_and_an_smtp_421_holds_the_server() {
+    let smtp = SmtpServer::start().await;
+    let mut setup = Setup::new("paced-mail", &["1s", "1s", "1s"]).await;
+    setup.extra = format!(
+        "[channels.email]\nsmtp_url = \"{}\"\nfrom = \"Sysmos <alerts@sysmos.test>\"\nrate = \"1/1s\"\nburst = 2\n",
+        smtp.url()
+    );
+    setup.write_config();
+    let mail = |to: &str| json!({"id": "mail", "type": "email", "recipients": [{"address": to, "verified": true}]});
+    setup.create_service_topics().await;
+    setup
+        .put_settings("calm", &settings("calm", 1, vec![mail("calm@x.test")]))
+        .await;
+    let service = running(&setup, vec![mail("ops@x.test")]).await;
+    let mails_to = |address: &'static str, n: usize| mails_to(&smtp, address, n);
+
+    // A storm to one recipient: 2 at once (the burst), then 1 a second.
+    const STORM: usize = 6;
+    for i in 0..STORM {
+        setup
+            .send_event(&seed_event(&format!("evt_m{i}"), "acc"))
+            .await;
+    }
+    let produced = Instant::now();
+    setup.send_event(&seed_event("evt_calm", "calm")).await;
+    let calm = mails_to("calm@x.test", 1).await;
+    let calm_took = calm[0].at - produced;
+    let storm = mails_to("ops@x.test", STORM).await;
+    for i in 2..STORM {
+        let apart = storm[i].at - storm[i - 2].at;
+        assert!(
+            apart >= Duration::from_millis(900),
+            "mails {} and {i} to one recipient {apart:?} apart: past its pace of 1/1s, burst 2",
+            i - 2
+        );
+    }
+    assert!(
+        calm_took < Duration::from_secs(3),
+        "another recipient is another bucket: {calm_took:?}"
+    );
+
+    // An SMTP 421 holds the whole server (CONTRACT §5a), uses up no retry, and the alert is
+    // sent when the hold is over.
+    smtp.script("ops@x.test", &["421 4.7.0 too many messages, slow down"]);
+    setup.send_event(&seed_event("evt_421", "acc")).await;
+    let limited = "sysmos_notify_rate_limited_total{channel=\"email\"}";
+    metric_reaches(&service, limited, 1.0).await;
+    let answered = Instant::now();
+    setup.send_event(&seed_event("evt_calm2", "calm")).await;
+    let calm = mails_to("calm@x.test", 2).await;
+    let after = mails_to("ops@x.test", STORM + 1).await;
+    let held = after[STORM].at - answered;
+    println!("email: {STORM} mails to one recipient over {:?}; calm took {calm_took:?}; after a 421 the server was held {held:?}",
+        storm[STORM - 1].at - storm[0].at);
+    assert!(
+        held >= Duration::from_secs(28),
+        "the 421'd alert waits the server's hold (30 s): {held:?}"
+    );
+    assert!(
+        calm[1].at - answered >= Duration::from_secs(25),
+        "the server is held for every recipient: calm's second mail came after {:?}",
+        calm[1].at - answered
+    );
+    assert_eq!(service.metric(limited).await, 1.0);
+    let retried = "sysmos_notify_deliveries_total{channel=\"email\",outcome=\"retried\"}";
+    assert_eq!(service.metric(retried).await, 0.0, "no retry used up");
+    assert!(
+        read_all(&setup.topic("dlq")).is_empty(),
+        "nothing dead-lettered"
+    );
 }

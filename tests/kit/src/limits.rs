@@ -74,6 +74,20 @@ impl Limit {
             }),
         }
     }
+
+    /// A webhook receiver taking `per_second` requests a second with as large a burst, one
+    /// bucket per path; 429 with `Retry-After`, as a webhook channel's `rate` expects.
+    pub fn webhook(per_second: u32) -> Self {
+        Self {
+            burst: f64::from(per_second),
+            every: Duration::from_secs(1) / per_second.max(1),
+            bucket: Arc::new(|r| r.path.split('?').next().unwrap_or_default().to_owned()),
+            ok: Reply::status(200),
+            limited: Arc::new(|wait| {
+                Reply::status(429).header("retry-after", &wait.as_secs().max(1).to_string())
+            }),
+        }
+    }
 }
 
 /// A limit in force, and what it answered.
@@ -105,7 +119,8 @@ impl Enforced {
         Arc::new(move |request| this.answer(request))
     }
 
-    fn answer(&self, request: &Recorded) -> Reply {
+    /// The answer to `request`: the provider's success within the limit, its 429 past it.
+    pub fn answer(&self, request: &Recorded) -> Reply {
         let bucket = (self.limit.bucket)(request);
         let every = self.limit.every.as_secs_f64();
         let mut all = self.tokens.lock().expect("limits lock");

@@ -13,6 +13,8 @@ pub struct Mail {
     pub to: Vec<String>,
     /// The DATA section, dot-unstuffed, CRLF line ends.
     pub data: String,
+    /// When the message was accepted.
+    pub at: std::time::Instant,
 }
 
 impl Mail {
@@ -139,6 +141,7 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
                 from: from.clone(),
                 to: std::mem::take(&mut to),
                 data,
+                at: std::time::Instant::now(),
             });
             "250 OK queued".to_owned()
         } else if upper.starts_with("QUIT") {
