@@ -37,6 +37,35 @@ pub struct Message<'a> {
     blocks: Vec<Block<'a>>,
     unfurl_links: bool,
     unfurl_media: bool,
+    metadata: Metadata,
+}
+
+/// Every message says which alerts it covers (CONTRACT §5a), so a reader of the channel's
+/// history (or a Slack app) can tell a digest's alerts apart from a lone alert's.
+#[derive(Debug, Serialize)]
+struct Metadata {
+    event_type: &'static str,
+    event_payload: Covered,
+}
+
+#[derive(Debug, Serialize)]
+struct Covered {
+    /// Comma-separated event ids.
+    event_ids: String,
+    count: usize,
+}
+
+impl Metadata {
+    fn covering<'e>(event_ids: impl IntoIterator<Item = &'e str>) -> Self {
+        let ids: Vec<&str> = event_ids.into_iter().collect();
+        Self {
+            event_type: "sysmos_alerts",
+            event_payload: Covered {
+                count: ids.len(),
+                event_ids: ids.join(","),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -156,5 +185,6 @@ pub fn message<'a>(alert: &'a Alert<'_>, channel: &'a str) -> Message<'a> {
         blocks,
         unfurl_links: false,
         unfurl_media: false,
+        metadata: Metadata::covering([alert.event.event_id()]),
     }
 }

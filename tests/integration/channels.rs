@@ -94,6 +94,11 @@ async fn slack_gets_block_kit_and_each_error_class() {
     assert!(request.headers["content-type"].starts_with("application/json"));
     let body = request.json();
     assert_eq!(body["channel"], "C_OK");
+    assert_eq!(
+        body["metadata"],
+        json!({"event_type": "sysmos_alerts", "event_payload": {"event_ids": "evt_slack", "count": 1}}),
+        "every Slack message says which alerts it covers (CONTRACT §5a)"
+    );
     assert!(body["text"]
         .as_str()
         .unwrap()
