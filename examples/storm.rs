@@ -3,9 +3,10 @@
 //! channel with a burst of 5, Discord 5 per 2 s per webhook, PagerDuty 120 a minute per key).
 //! One account sends N alerts at once to one Slack channel, one Discord webhook and one
 //! PagerDuty key; meanwhile another account's alerts arrive at R per second at a plain
-//! webhook. It prints, per provider, the time until the last alert was accepted, the
-//! rate-limit answers it gave and what was dead-lettered, and the other account's
-//! produce-to-receipt latency during the storm.
+//! webhook. It prints, per provider, the time until the last alert was accepted (inside a
+//! message: alone, or in a digest), the messages and digests, the rate-limit answers it gave
+//! and what was dead-lettered, and the other account's produce-to-receipt latency during the
+//! storm.
 //!
 //! Options: `--alerts N` (300), `--calm-rate R` (5), `--backlog` (the N alerts go to the Slack
 //! channel alone, and the run ends once the service has dealt with them: sent, waiting, or
@@ -24,6 +25,7 @@ use sysmos_notify::config::Config;
 use testkit::broker::{self, create_topics, free_port, produce};
 use testkit::limits::{Enforced, Limit};
 use testkit::receiver::Receiver;
+use testkit::smtp::SmtpServer;
 use tokio_util::sync::CancellationToken;
 
 const PREFIX: &str = "storm.notify";
@@ -113,6 +115,8 @@ async fn main() -> anyhow::Result<()> {
     let slack = Fake::start("slack", Limit::slack(5)).await;
     let discord = Fake::start("discord", Limit::discord()).await;
     let pagerduty = Fake::start("pagerduty", Limit::pagerduty()).await;
+    // Email is paced by the service's own `channels.email` (1/1m, burst 5), not a provider's.
+    let smtp = SmtpServer::start().await;
     let calm = Receiver::start().await;
     let listen = format!("127.0.0.1:{}", free_port());
     let env: Vec<(String, String)> = [
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             "CHANNELS__PAGERDUTY__EVENTS_URL",
             format!("{}/v2/enqueue", pagerduty.receiver.base),
         ),
+        ("CHANNELS__EMAIL__SMTP_URL", smtp.url()),
     ]
     .into_iter()
     .map(|(k, v)| (format!("SYSMOS_NOTIFY__{k}"), v))
@@ -166,7 +171,8 @@ async fn main() -> anyhow::Result<()> {
     let every = json!([
         {"id": "slack", "type": "slack", "bot_token": "xoxb-storm", "channel": "C0STORM"},
         {"id": "discord", "type": "discord", "webhook_url": format!("{}/api/webhooks/1/storm", discord.receiver.base)},
-        {"id": "pd", "type": "pagerduty", "integration_key": "0123456789abcdef0123456789abcdef"}]);
+        {"id": "pd", "type": "pagerduty", "integration_key": "0123456789abcdef0123456789abcdef"},
+        {"id": "email", "type": "email", "recipients": [{"address": "oncall@storm.test", "verified": true}]}]);
     let storm = json!({"account_id": "storm", "version": 1,
         "channels": if backlog { slack_only } else { every }});
     let quiet = json!({"account_id": "calm", "version": 1, "channels": [
@@ -184,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
     let places = if backlog {
         "one Slack channel"
     } else {
-        "one Slack channel, one Discord webhook and one PagerDuty key"
+        "one Slack channel, one Discord webhook, one PagerDuty key and one email recipient"
     };
     println!("storm: {alerts} alerts at once to {places}; another account at {calm_rate}/s");
     let started = Instant::now();
@@ -211,24 +217,39 @@ async fn main() -> anyhow::Result<()> {
     let mut next_calm = Instant::now();
     let mut calm_sent = 0;
     let deadline = started + Duration::from_secs(if backlog { 3600 } else { 900 });
-    while done.len() < fakes.len() && Instant::now() < deadline {
+    let delivered = |text: &str, channel: &str| {
+        let name = format!(
+            "sysmos_notify_deliveries_total{{channel=\"{channel}\",outcome=\"delivered\"}}"
+        );
+        series(text, &name)
+    };
+    let mut email_done: Option<Duration> = None;
+    while (done.len() < fakes.len() || (!backlog && email_done.is_none()))
+        && Instant::now() < deadline
+    {
+        let text = metrics().await.unwrap_or_default();
         if backlog {
             // Done once the dead letters stop growing: the rest is sent or waiting its turn.
-            let dead = series(&metrics().await.unwrap_or_default(), dead_series);
+            let dead = series(&text, dead_series);
             if dead != dead_seen {
                 (dead_seen, dead_since) = (dead, Instant::now());
             } else if dead > 0.0 && dead_since.elapsed() > Duration::from_secs(15) {
                 println!(
-                    "dealt with after {:.1} s: {dead} dead-lettered (their turn lay past delivery.max_pending), {} accepted; peak RSS {:.1} MiB",
+                    "dealt with after {:.1} s: {dead} dead-lettered (their turn lay past delivery.max_pending), {} accepted in {} messages; peak RSS {:.1} MiB",
                     (dead_since - started).as_secs_f64(),
+                    delivered(&text, "slack"),
                     slack.accepted(),
                     peak_rss_mib()
                 );
                 break;
             }
         }
+        // Every alert inside an accepted message (a digest's alerts count one delivery each).
+        if email_done.is_none() && delivered(&text, "email") >= alerts as f64 {
+            email_done = Some(started.elapsed());
+        }
         for fake in fakes {
-            if fake.accepted() >= alerts {
+            if delivered(&text, fake.name) >= alerts as f64 {
                 done.entry(fake.name).or_insert_with(|| started.elapsed());
             }
         }
@@ -277,8 +298,8 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     };
     let text = metrics().await.unwrap_or_default();
-    println!("\n| provider | last alert accepted after | accepted | rate-limit answers (429) | dead-lettered |");
-    println!("|---|---|---|---|---|");
+    println!("\n| provider | last alert accepted after | alerts accepted | messages | of them digests | rate-limit answers (429) | dead-lettered |");
+    println!("|---|---|---|---|---|---|---|");
     for fake in fakes.iter().copied() {
         let dead_here = dead
             .iter()
@@ -289,11 +310,30 @@ async fn main() -> anyhow::Result<()> {
             .map_or("not all within 15 minutes".to_owned(), |d| {
                 format!("{:.1} s", d.as_secs_f64())
             });
+        let digests = format!("sysmos_notify_digests_total{{channel=\"{}\"}}", fake.name);
         println!(
-            "| {} | {after} | {} of {alerts} | {} | {dead_here} |",
+            "| {} | {after} | {} of {alerts} | {} | {} | {} | {dead_here} |",
             fake.name,
+            delivered(&text, fake.name),
             fake.accepted(),
+            series(&text, &digests),
             fake.limit.limited(),
+        );
+    }
+    if !backlog {
+        let after = email_done.map_or("not all within 15 minutes".to_owned(), |d| {
+            format!("{:.1} s", d.as_secs_f64())
+        });
+        let dead_here = dead
+            .iter()
+            .filter(|l| l["delivery"]["channel_type"] == "email")
+            .count();
+        println!(
+            "| email | {after} | {} of {alerts} | {} | {} | {} (SMTP 421/454) | {dead_here} |",
+            delivered(&text, "email"),
+            smtp.mails().len(),
+            series(&text, "sysmos_notify_digests_total{channel=\"email\"}"),
+            series(&text, "sysmos_notify_rate_limited_total{channel=\"email\"}"),
         );
     }
     println!("\naccepted per 20 s (from the storm's start):");

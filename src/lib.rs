@@ -210,6 +210,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .copied()
             .unwrap_or(Duration::from_secs(15)),
         waiting: Arc::new(Semaphore::new(WAITING_ROOM)),
+        gatherings: Default::default(),
         max_pending: chrono::Duration::from_std(config.delivery.max_pending)
             .unwrap_or(chrono::Duration::MAX),
         drain,

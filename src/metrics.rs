@@ -60,6 +60,8 @@ pub struct Metrics {
     not_attempted: IntCounterVec,
     circuits_opened: IntCounterVec,
     rate_limited: IntCounterVec,
+    digests: IntCounterVec,
+    digest_alerts: prometheus::Histogram,
     waiting: IntGaugeVec,
 }
 
@@ -168,6 +170,22 @@ impl Metrics {
             &["channel"],
         )
         .expect("valid metric");
+        let digests = IntCounterVec::new(
+            Opts::new(
+                "sysmos_notify_digests_total",
+                "Digests accepted by providers: one message for the alerts that waited for one channel's bucket, by channel type.",
+            ),
+            &["channel"],
+        )
+        .expect("valid metric");
+        let digest_alerts = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "sysmos_notify_digest_alerts",
+                "Alerts covered by each digest accepted.",
+            )
+            .buckets(vec![2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0]),
+        )
+        .expect("valid metric");
         let waiting = IntGaugeVec::new(
             Opts::new(
                 "sysmos_notify_waiting_deliveries",
@@ -190,6 +208,8 @@ impl Metrics {
             Box::new(not_attempted.clone()),
             Box::new(circuits_opened.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(digests.clone()),
+            Box::new(digest_alerts.clone()),
             Box::new(waiting.clone()),
         ] {
             names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
@@ -206,6 +226,7 @@ impl Metrics {
                 deliveries.with_label_values(&[channel, outcome]);
             }
             rate_limited.with_label_values(&[channel]);
+            digests.with_label_values(&[channel]);
             waiting.with_label_values(&[channel]);
         }
         for outcome in ["applied", "stale", "removed", "invalid"] {
@@ -230,6 +251,8 @@ impl Metrics {
             not_attempted,
             circuits_opened,
             rate_limited,
+            digests,
+            digest_alerts,
             waiting,
         }
     }
@@ -237,6 +260,12 @@ impl Metrics {
     /// A provider answered "too many" (CONTRACT §5a).
     pub fn rate_limited(&self, channel: &str) {
         self.rate_limited.with_label_values(&[channel]).inc();
+    }
+
+    /// A digest of `alerts` alerts was accepted.
+    pub fn digest(&self, channel: &str, alerts: usize) {
+        self.digests.with_label_values(&[channel]).inc();
+        self.digest_alerts.observe(alerts as f64);
     }
 
     /// One more (`1`) or one fewer (`-1`) delivery waits for its bucket's turn.

@@ -6,6 +6,7 @@
 //! loop: a retry tier holds a delivery that is not yet due by pausing only its partition, so
 //! other partitions and topics keep flowing while it waits.
 
+mod gather;
 mod pipeline;
 mod plan;
 mod waiting;
@@ -63,6 +64,8 @@ pub struct Deliverer {
     pub waiting: Arc<Semaphore>,
     /// `delivery.max_pending`.
     pub max_pending: chrono::Duration,
+    /// The digests forming: deliveries of one channel waiting for its bucket together.
+    pub gatherings: gather::Gatherings,
     /// How long deliveries in flight at shutdown may take to finish.
     pub drain: Duration,
 }
@@ -142,7 +145,7 @@ impl Deliverer {
                     let Some(unfinished) = this.unfinished_slot(&shutdown).await else {
                         return;
                     };
-                    this.handle(record, consumer, pos, unfinished, shutdown, false).await
+                    this.handle(record, consumer, pos, unfinished, shutdown, None).await
                 });
                 continue;
             }
@@ -155,7 +158,7 @@ impl Deliverer {
                 pos,
                 unfinished,
                 shutdown.clone(),
-                false,
+                None,
             ));
         }
         tracker.close();

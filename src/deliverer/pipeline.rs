@@ -12,11 +12,12 @@ use rdkafka::Message;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::gather::Rider;
 use super::plan::{self, Outputs, Unreadable};
 use super::waiting::Turn;
 use super::Deliverer;
 use crate::delivery::{pagerduty, Attempted, Outcome};
-use crate::kafka::context::{finish, GroupConsumer};
+use crate::kafka::context::{finish, owns, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::OutRecord;
 use crate::ledger::{Handled, Read, Verdict};
@@ -26,7 +27,8 @@ use crate::retry::{after_skip, next_step, Step};
 
 impl Deliverer {
     /// Handles one record read from a delivery topic, holding `unfinished` until its offset
-    /// may be stored; `has_turn` when it waited in line for its buckets' turn already.
+    /// may be stored. `turn` is `Some` once it has its buckets' turn, with the deliveries of
+    /// its channel that waited with it to be sent together (a digest).
     pub(super) async fn handle(
         self: Arc<Self>,
         record: DeliveryRecord,
@@ -34,7 +36,7 @@ impl Deliverer {
         pos: Position,
         unfinished: OwnedSemaphorePermit,
         shutdown: CancellationToken,
-        has_turn: bool,
+        turn: Option<Vec<Rider>>,
     ) {
         // Taken before the ledger is asked, so its verdict is fresh when the request is made.
         let slot = tokio::select! {
@@ -50,6 +52,8 @@ impl Deliverer {
             .cache
             .channel(&record.account_id, &record.channel_id)
             .filter(|c| c.deliverable());
+        let has_turn = turn.is_some();
+        let mut riders = turn.unwrap_or_default();
         let fate = match (self.ledger.verdict(&record), channel) {
             (Verdict::Repeat, _) => {
                 tracing::info!(account = %account, channel = %channel_id, delivery = %id,
@@ -57,11 +61,17 @@ impl Deliverer {
                     "handled before (re-read after a restart or rebalance, or a repeated event); not sent again");
                 self.metrics.delivery(&record.channel_type, Fate::Duplicate);
                 finish(&consumer, &pos);
-                return;
+                return self.release(riders, &shutdown);
             }
             (Verdict::Attempt, Some(channel)) => {
                 let needs = pacing::needs(&record, &channel, &self.paces);
-                if !has_turn {
+                let record = if has_turn {
+                    record
+                } else {
+                    // A digest forming for this channel's bucket takes it along.
+                    let Some(record) = self.join(record, &needs, &consumer, &pos) else {
+                        return;
+                    };
                     let turn = self.take_turn(&record, &needs);
                     if !matches!(turn, Turn::Now) {
                         drop((slot, _claim));
@@ -70,21 +80,15 @@ impl Deliverer {
                             .to_turn(waiting, consumer, pos, unfinished, shutdown)
                             .await;
                     }
-                }
+                    record
+                };
+                let to = (channel, needs);
                 let slots = (slot, unfinished);
                 let sent = self
-                    .send(record, channel, needs, &consumer, &pos, slots)
+                    .send(record, riders, to, (&consumer, &pos), slots, &shutdown)
                     .await;
-                // A rate-limit answer: the delivery waits for a new turn, without its claim
-                // (the same record is claimed again when its turn comes).
-                if let Some((record, needs, unfinished)) = sent {
-                    drop(_claim);
-                    let turn = self.take_turn(&record, &needs);
-                    return self
-                        .to_turn((record, needs, turn), consumer, pos, unfinished, shutdown)
-                        .await;
-                }
-                return;
+                drop(_claim); // a rate-limited delivery is claimed again at its new turn
+                return self.after_rate_limit(sent, consumer, pos, shutdown).await;
             }
             (Verdict::Superseded, channel) => {
                 tracing::info!(account = %account, channel = %channel_id, delivery = %id, event = %record.event_type,
@@ -102,6 +106,7 @@ impl Deliverer {
             }
         };
         drop(slot);
+        self.release(std::mem::take(&mut riders), &shutdown);
         if self
             .journal
             .record(Handled::of(&record, Read::of(&record), fate))
@@ -112,24 +117,118 @@ impl Deliverer {
         }
     }
 
-    /// The attempt itself (unless the destination does not let it through), and the writes
-    /// of where the delivery goes next.
+    /// A rate-limit answer: the delivery waits for a new turn.
+    async fn after_rate_limit(
+        self: Arc<Self>,
+        sent: Option<(DeliveryRecord, Vec<Need>, OwnedSemaphorePermit)>,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+        shutdown: CancellationToken,
+    ) {
+        if let Some((record, needs, unfinished)) = sent {
+            let turn = self.take_turn(&record, &needs);
+            let onward = self.to_turn((record, needs, turn), consumer, pos, unfinished, shutdown);
+            Box::pin(onward).await
+        }
+    }
+
+    /// The attempt itself for `record` and the `riders` it takes along (one message for
+    /// all: a digest), unless the destination does not let it through; then the writes of
+    /// where each delivery goes next. A rate-limit answer gives the leader back, to wait for
+    /// a new turn; its riders wait again too.
     async fn send(
-        &self,
-        mut record: DeliveryRecord,
-        channel: Channel,
-        needs: Vec<Need>,
-        consumer: &GroupConsumer,
-        pos: &Position,
+        self: &Arc<Self>,
+        record: DeliveryRecord,
+        riders: Vec<Rider>,
+        (channel, needs): (Channel, Vec<Need>),
+        (consumer, pos): (&Arc<GroupConsumer>, &Position),
         (slot, unfinished): (OwnedSemaphorePermit, OwnedSemaphorePermit),
+        shutdown: &CancellationToken,
     ) -> Option<(DeliveryRecord, Vec<Need>, OwnedSemaphorePermit)> {
-        let read = Read::of(&record);
         let kind = channel.kind.name();
+        let mut records = vec![record];
+        let mut places = Vec::with_capacity(riders.len());
+        for rider in riders {
+            records.push(rider.record);
+            places.push((rider.consumer, rider.pos, rider._room));
+        }
         let at = Utc::now();
         let started = Instant::now();
-        let sent = self.dispatcher.send(&channel, &record).await;
+        let sent = self.dispatcher.send(&channel, &records).await;
         let elapsed = started.elapsed();
-        let step = match &sent {
+        if let Ok(attempted) = &sent {
+            self.metrics.request_duration(kind, elapsed.as_secs_f64());
+            if let Some(wait) = attempted.hold {
+                self.hold(&needs, wait, false);
+            }
+            if attempted.opened_circuit {
+                self.metrics.circuit_opened(kind);
+                tracing::warn!(account = %records[0].account_id, channel = %records[0].channel_id, channel_type = kind,
+                    "circuit opened: this destination's deliveries wait in the retry tiers until a probe succeeds");
+            }
+        }
+        if let Ok(Attempted {
+            outcome:
+                Outcome::RateLimited {
+                    wait,
+                    provider_wide,
+                    error,
+                    ..
+                },
+            reached,
+            ..
+        }) = &sent
+        {
+            self.metrics.rate_limited(kind);
+            self.hold(&needs, *wait, *provider_wide);
+            tracing::warn!(account = %records[0].account_id, channel = %records[0].channel_id, channel_type = kind,
+                delivery = %records[0].delivery_id, covering = records.len(), ?wait, provider_wide, %error,
+                "rate limited by the provider: its bucket waits (no retry used up)");
+            drop(slot);
+            let mut records = records.into_iter();
+            let mut leader = records.next().expect("the leader");
+            // Recipients an email reached before the server said 421 keep their copy.
+            leader.reached.extend(reached.iter().cloned());
+            for (mut record, (consumer, pos, _room)) in records.zip(places) {
+                record.reached.extend(reached.iter().cloned());
+                self.requeue(record, consumer, pos, shutdown);
+            }
+            return Some((leader, needs, unfinished));
+        }
+        if records.len() > 1
+            && matches!(&sent, Ok(a) if matches!(a.outcome, Outcome::Delivered { .. }))
+        {
+            self.metrics.digest(kind, records.len());
+        }
+        // The requests are over: the writes below wait on the broker, not on the provider.
+        drop(slot);
+        let mut records = records.into_iter();
+        let leader = records.next().expect("the leader");
+        let attempt = (&sent, &channel, at, elapsed);
+        if self.settle(leader, attempt, consumer, pos).await {
+            for (record, (consumer, pos, _room)) in records.zip(places) {
+                if owns(&consumer, &pos) && !self.settle(record, attempt, &consumer, &pos).await {
+                    break; // stopping: the rest are repeated after the restart
+                }
+            }
+        }
+        drop(unfinished);
+        None
+    }
+
+    /// Records what `attempt` means for one delivery it covered: its attempt (or skip), where
+    /// it goes next, `P.handled`, then its offset. False when the broker did not take the
+    /// writes (stopping): it is repeated after the restart.
+    async fn settle(
+        &self,
+        mut record: DeliveryRecord,
+        (sent, channel, at, elapsed): Attempt<'_>,
+        consumer: &GroupConsumer,
+        pos: &Position,
+    ) -> bool {
+        let read = Read::of(&record);
+        let kind = channel.kind.name();
+        let step = match sent {
             Err(skipped) => {
                 self.metrics.not_attempted(kind, skipped.label());
                 record.skips += 1;
@@ -137,43 +236,9 @@ impl Deliverer {
                 after_skip(skipped, attempts, record.waited(now), &self.delays, now)
             }
             Ok(Attempted {
-                outcome:
-                    Outcome::RateLimited {
-                        wait,
-                        provider_wide,
-                        error,
-                        ..
-                    },
-                reached,
-                ..
+                outcome, reached, ..
             }) => {
-                self.metrics.request_duration(kind, elapsed.as_secs_f64());
-                self.metrics.rate_limited(kind);
-                self.hold(&needs, *wait, *provider_wide);
-                // Recipients an email reached before the server said 421 keep their copy.
-                record.reached.extend(reached.iter().cloned());
-                tracing::warn!(account = %record.account_id, channel = %record.channel_id, channel_type = kind,
-                    delivery = %record.delivery_id, ?wait, provider_wide, %error,
-                    "rate limited by the provider: its bucket waits (no retry used up)");
-                drop(slot);
-                return Some((record, needs, unfinished));
-            }
-            Ok(Attempted {
-                outcome,
-                reached,
-                opened_circuit,
-                hold,
-            }) => {
-                self.metrics.request_duration(kind, elapsed.as_secs_f64());
-                if let Some(wait) = hold {
-                    self.hold(&needs, *wait, false);
-                }
                 record.waiting_since = None;
-                if *opened_circuit {
-                    self.metrics.circuit_opened(kind);
-                    tracing::warn!(account = %record.account_id, channel = %record.channel_id, channel_type = kind,
-                        "circuit opened: this destination's deliveries wait in the retry tiers until a probe succeeds");
-                }
                 let number = record.next_attempt();
                 let attempt = plan::attempt_of(outcome, number, at, elapsed, reached.clone());
                 record.attempts.push(attempt);
@@ -182,29 +247,26 @@ impl Deliverer {
                     && matches!(outcome, Outcome::Delivered { .. })
                     && self.ledger.overtaken(&record)
                 {
-                    self.resolve_again(&channel, &record).await;
+                    self.resolve_again(channel, &record).await;
                 }
                 next_step(outcome, number, &self.delays, Utc::now())
             }
         };
-        // The requests are over: the writes below wait on the broker, not on the provider.
-        drop(slot);
         let Outputs { records, fate } =
             plan::outputs(&mut record, &step, sent.is_ok(), &self.topics, Utc::now());
         // The outcome first, then the record that it was handled: were `P.handled` taken and
         // the next tier not (a kill between the two), the re-read record would be skipped and
         // the delivery lost. The other way round, the worst is a repeat.
         if !records.is_empty() && self.output.write(records).await.is_err() {
-            return None; // stopping and the broker did not take it: repeated after restart
+            return false;
         }
         if !self.journal.record(Handled::of(&record, read, fate)).await {
-            return None;
+            return false;
         }
         self.metrics.delivery(kind, fate);
-        log(&record, kind, &sent, &step, elapsed.as_millis() as u64);
+        log(&record, kind, sent, &step, elapsed.as_millis() as u64);
         finish(consumer, pos);
-        drop(unfinished);
-        None
+        true
     }
 
     /// Resolves a PagerDuty problem's incident again: its recovery was delivered while the
@@ -249,6 +311,15 @@ impl Deliverer {
         }
     }
 }
+
+/// One attempt as every delivery it covered sees it: what was sent, on which channel, when,
+/// and how long it took.
+type Attempt<'a> = (
+    &'a Result<Attempted, crate::delivery::Skipped>,
+    &'a Channel,
+    chrono::DateTime<Utc>,
+    std::time::Duration,
+);
 
 /// One line per handled attempt or skip, at the level an operator needs.
 fn log(

@@ -54,8 +54,14 @@ impl Deliverer {
     /// `delivery.max_pending` leaves it.
     pub(super) fn take_turn(&self, record: &DeliveryRecord, needs: &[Need]) -> Turn {
         let now = Instant::now();
-        if record.waiting_since.is_some() && self.pacer.claim(needs, now) {
-            return Turn::Now;
+        if record.waiting_since.is_some() {
+            let late = record
+                .not_before
+                .and_then(|turn| (Utc::now() - turn).to_std().ok())
+                .unwrap_or_default();
+            if self.pacer.claim(needs, now, late) {
+                return Turn::Now;
+            }
         }
         let waited = record
             .waiting_since
@@ -80,7 +86,8 @@ impl Deliverer {
     ) {
         match turn {
             Turn::Now => {
-                let handling = self.handle(record, consumer, pos, unfinished, shutdown, true);
+                let turn = Some(Vec::new());
+                let handling = self.handle(record, consumer, pos, unfinished, shutdown, turn);
                 Box::pin(handling).await
             }
             Turn::In(wait) => {
@@ -121,11 +128,14 @@ impl Deliverer {
         let Some(room) = self.waiting.clone().try_acquire_owned().ok() else {
             return self.park(waiting, consumer, pos, unfinished).await;
         };
+        let digest;
         let waited = {
             let Some(_line) = self.pacer.line(&waiting.needs, self.patience) else {
                 return self.park(waiting, consumer, pos, unfinished).await;
             };
             drop(unfinished);
+            // Deliveries of its channel that come while it waits go with it.
+            digest = self.open(&waiting.record, &waiting.needs);
             let kind = &waiting.record.channel_type;
             self.metrics.waiting(kind, 1);
             // A hold since the turn was reserved moves it back: wait that too.
@@ -147,13 +157,16 @@ impl Deliverer {
             waited
         };
         drop(room);
+        let riders = self.close(digest);
         if !waited || !owns(&consumer, &pos) {
-            return; // not finished: read again after the restart, or by the partition's new owner
+            // Not finished: read again after the restart, or by the partition's new owner.
+            return self.release(riders, &shutdown);
         }
         let Some(unfinished) = self.unfinished_slot(&shutdown).await else {
             return;
         };
-        let onward = self.handle(waiting.record, consumer, pos, unfinished, shutdown, true);
+        let turn = Some(riders);
+        let onward = self.handle(waiting.record, consumer, pos, unfinished, shutdown, turn);
         Box::pin(onward).await
     }
 

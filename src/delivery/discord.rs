@@ -12,22 +12,20 @@ use super::http::{excerpt, read_limited};
 use super::outcome::{classify_status, classify_transport, retry_after, Outcome, MAX_RETRY_AFTER};
 use super::{Attempted, Dispatcher};
 use crate::model::Secret;
-use crate::render::{discord, Alert};
 
-pub async fn send(dispatcher: &Dispatcher, alert: &Alert<'_>, webhook_url: &Secret) -> Attempted {
+pub async fn send(dispatcher: &Dispatcher, body: &Value, webhook_url: &Secret) -> Attempted {
     let mut url = match check_url(webhook_url.expose(), dispatcher.policy) {
         Ok(url) => url,
         Err(refused) => return Outcome::from(refused).into(),
     };
     // `wait=true`: Discord answers once the message exists, so a 2xx means it was posted.
     url.query_pairs_mut().append_pair("wait", "true");
-    let body = discord::message(alert);
     let request = dispatcher
         .user_http
         .next()
         .post(url)
         .header(CONTENT_TYPE, "application/json")
-        .body(serde_json::to_vec(&body).expect("JSON values serialize"));
+        .body(serde_json::to_vec(body).expect("JSON values serialize"));
     match request.send().await {
         Ok(response) => {
             let status = response.status().as_u16();

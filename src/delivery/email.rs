@@ -23,7 +23,7 @@ use super::Attempted;
 use crate::config::EmailConfig;
 use crate::model::settings::Recipient;
 use crate::model::DeliveryRecord;
-use crate::render::{self, email::Email, Alert};
+use crate::render::email::Email;
 
 /// The SMTP connection pool and the sender address.
 pub struct Mailer {
@@ -113,11 +113,12 @@ pub fn classify(error: &lettre::transport::smtp::Error) -> Failure {
     }
 }
 
-/// Sends an alert to each verified recipient not reached by an earlier attempt.
+/// Sends `content` (an alert, or a digest's summary) to each verified recipient not reached
+/// by an earlier attempt of `record`.
 pub async fn send(
     mailer: &Mailer,
     record: &DeliveryRecord,
-    alert: &Alert<'_>,
+    content: &Email,
     recipients: &[Recipient],
 ) -> Attempted {
     let earlier: HashSet<&str> = record.reached_so_far().collect();
@@ -127,11 +128,10 @@ pub async fn send(
             targets.push(&r.address);
         }
     }
-    let content = render::email::alert(alert);
     let mut reached = Vec::new();
     let mut failed = Vec::new();
     for (i, to) in targets.iter().enumerate() {
-        match mailer.send(to, &content, Some(&record.delivery_id)).await {
+        match mailer.send(to, content, Some(&record.delivery_id)).await {
             Ok(()) => reached.push((*to).to_owned()),
             Err(failure) if failure.unreachable => {
                 failed.extend(

@@ -20,7 +20,8 @@ pub use outcome::Outcome;
 
 use crate::config::Config;
 use crate::model::{Channel, ChannelKind, DeliveryRecord};
-use crate::render::Alert;
+use crate::render::digest::Digest;
+use crate::render::{self, Alert};
 
 /// What one attempt came to, and for email which recipients it reached.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,15 +105,16 @@ impl Dispatcher {
         })
     }
 
-    /// Makes one attempt if the destination lets it through, or says why it was skipped;
-    /// never panics on what a provider answers.
+    /// Makes one attempt for `records` (one delivery, or the deliveries of one channel taken
+    /// together into a digest, oldest first) if the destination lets it through, or says why
+    /// it was skipped; never panics on what a provider answers.
     pub async fn send(
         &self,
         channel: &Channel,
-        record: &DeliveryRecord,
+        records: &[DeliveryRecord],
     ) -> Result<Attempted, Skipped> {
         let ticket = self.destinations.admit(&destination(&channel.kind)).await?;
-        let mut attempted = self.attempt(channel, record).await;
+        let mut attempted = self.attempt(channel, records).await;
         // Only a destination that did not answer (timeout, connection failure) trips the
         // breaker: one that answers, even 5xx or 429, answers fast and holds no capacity.
         let answered = !matches!(attempted.outcome, Outcome::Retry { status: None, .. });
@@ -120,9 +122,16 @@ impl Dispatcher {
         Ok(attempted)
     }
 
-    async fn attempt(&self, channel: &Channel, record: &DeliveryRecord) -> Attempted {
-        // Webhooks carry the event's own fields; every other channel renders the alert view.
-        let alert = || Alert::new(&record.event, &self.dashboard);
+    async fn attempt(&self, channel: &Channel, records: &[DeliveryRecord]) -> Attempted {
+        let record = &records[0];
+        // Webhooks carry the event's own fields; every other channel renders the alert view,
+        // or the digest of several (CONTRACT §5a: never PagerDuty or webhooks).
+        let alerts = || -> Vec<Alert<'_>> {
+            records
+                .iter()
+                .map(|r| Alert::new(&r.event, &self.dashboard))
+                .collect()
+        };
         match &channel.kind {
             ChannelKind::Webhook {
                 url,
@@ -133,18 +142,32 @@ impl Dispatcher {
                 .await
                 .into(),
             ChannelKind::Slack { bot_token, channel } => {
-                slack::send(self, &alert(), bot_token, channel).await.into()
+                let alerts = alerts();
+                let body = match &alerts[..] {
+                    [alert] => render::slack::message(alert, channel),
+                    _ => render::slack::digest(&Digest::new(alerts.clone()), channel),
+                };
+                slack::send(self, &body, bot_token).await.into()
             }
             ChannelKind::Discord { webhook_url } => {
-                discord::send(self, &alert(), webhook_url).await
+                let alerts = alerts();
+                let body = match &alerts[..] {
+                    [alert] => render::discord::message(alert),
+                    _ => render::discord::digest(&Digest::new(alerts.clone())),
+                };
+                discord::send(self, &body, webhook_url).await
             }
             ChannelKind::PagerDuty { integration_key } => {
-                pagerduty::send(self, &alert(), integration_key)
-                    .await
-                    .into()
+                let alert = Alert::new(&record.event, &self.dashboard);
+                pagerduty::send(self, &alert, integration_key).await.into()
             }
             ChannelKind::Email { recipients } => {
-                email::send(&self.mailer, record, &alert(), recipients).await
+                let alerts = alerts();
+                let content = match &alerts[..] {
+                    [alert] => render::email::alert(alert),
+                    _ => render::email::summary(&Digest::new(alerts.clone())),
+                };
+                email::send(&self.mailer, record, &content, recipients).await
             }
         }
     }

@@ -177,21 +177,25 @@ impl Pacer {
         }
     }
 
-    /// A parked delivery back at its turn takes it, if this process reserved such a turn and
-    /// still owes it, and no bucket is held. Otherwise (reserved by another process, before a
-    /// restart, or a hold came since) it reserves a turn anew.
-    pub fn claim(&self, needs: &[Need], now: Instant) -> bool {
+    /// A parked delivery back `late` after its turn takes it, if this process reserved such a
+    /// turn and still owes it, no bucket is held, and it is not late by more than a turn: a
+    /// turn long past is gone (parked deliveries coming back late together must not make a
+    /// burst). Otherwise (reserved by another process or before a restart, void since a
+    /// hold, or missed) it reserves a turn anew.
+    pub fn claim(&self, needs: &[Need], now: Instant, late: Duration) -> bool {
         let mut state = self.state.lock().expect("pacer lock");
-        let owed = needs.iter().all(|need| {
-            state.held(need, now).is_zero()
-                && state.buckets.get(&need.key).is_some_and(|b| b.parked > 0)
-        });
-        if owed {
-            for need in needs {
-                state.bucket(need, now).parked -= 1;
-            }
+        let owed = needs
+            .iter()
+            .all(|need| state.buckets.get(&need.key).is_some_and(|b| b.parked > 0));
+        if !owed {
+            return false;
         }
-        owed
+        for need in needs {
+            state.bucket(need, now).parked -= 1;
+        }
+        needs.iter().all(|need| {
+            state.held(need, now).is_zero() && need.pace.is_none_or(|pace| late <= interval(pace))
+        })
     }
 
     /// A place in memory among the deliveries waiting for `needs`' turn, unless a bucket
@@ -267,6 +271,9 @@ impl Bucket {
         if !added.is_zero() {
             self.shifted += added;
             self.next = self.next.map(|next| next.max(now) + added);
+            // The parked deliveries' turns are written in their records and cannot move:
+            // void, or they would meet the moved line. They reserve anew when back.
+            self.parked = 0;
         }
     }
 }

@@ -158,9 +158,13 @@ fn a_parked_delivery_claims_the_turn_it_reserved() {
     let pacer = Pacer::default();
     let bucket = [need("ops", pace("1/1s", 1))];
     let now = Instant::now();
+    let on_time = Duration::ZERO;
     assert_eq!(pacer.turn(&bucket, now, HOUR), Ok(ms(0)));
     assert_eq!(pacer.turn(&bucket, now, HOUR), Ok(ms(1000)));
-    assert!(!pacer.claim(&bucket, now), "nothing parked: nothing owed");
+    assert!(
+        !pacer.claim(&bucket, now, on_time),
+        "nothing parked: nothing owed"
+    );
     pacer.park(&bucket);
     assert_eq!(
         pacer.turn(&bucket, now + ms(500), HOUR),
@@ -168,13 +172,22 @@ fn a_parked_delivery_claims_the_turn_it_reserved() {
         "a newcomer goes after the parked delivery's turn"
     );
     let back = now + ms(1000);
-    assert!(pacer.claim(&bucket, back), "back at its turn, it takes it");
-    assert!(!pacer.claim(&bucket, back), "once");
+    assert!(
+        pacer.claim(&bucket, back, on_time),
+        "back at its turn, it takes it"
+    );
+    assert!(!pacer.claim(&bucket, back, on_time), "once");
+    pacer.park(&bucket);
+    assert!(
+        !pacer.claim(&bucket, back, ms(5000)),
+        "back long after its turn: the turn is gone, it reserves anew (no burst)"
+    );
     pacer.park(&bucket);
     pacer.hold(&bucket[0].key, back + Duration::from_secs(30));
+    let after_hold = back + Duration::from_secs(31);
     assert!(
-        !pacer.claim(&bucket, back),
-        "a hold since: it reserves a turn after the hold"
+        !pacer.claim(&bucket, after_hold, on_time),
+        "a hold voids the parked turns: they would meet the moved line"
     );
 }
 

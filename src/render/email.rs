@@ -4,12 +4,15 @@
 
 use std::fmt::Write;
 
+use super::digest::Digest;
 use super::text::{cut, escape, html as h, one_line};
 use super::Alert;
 use crate::model::Severity;
 
 /// Subjects beyond this are cut: mail clients show far less, and long ones fold badly.
 const SUBJECT: usize = 200;
+/// Alerts one summary email covers at most (CONTRACT §5a).
+pub const DIGEST: usize = 500;
 
 /// What an email says; the MIME structure is the sender's business.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +103,78 @@ pub fn alert(alert: &Alert<'_>) -> Email {
         html,
     }
 }
+
+/// The "summary of affected resources": one email for the alerts of `digest` (at most
+/// [`DIGEST`]), a table row per alert (resource, status, severity, time, dashboard link),
+/// oldest first; HTML and the same as plain text.
+pub fn summary(digest: &Digest<'_>) -> Email {
+    let lines = &digest.lines[..digest.lines.len().min(DIGEST)];
+    let account = lines.first().map_or("", |l| l.alert.event.account_id());
+    let headline = digest.headline();
+    let mut text = format!("Summary of affected resources\n{headline}\n\n");
+    let mut rows = String::new();
+    for line in lines {
+        let alert = &line.alert;
+        let _ = write!(
+            text,
+            "- {} ({}): {}, {}, {}\n  {}\n",
+            alert.name,
+            alert.product,
+            line.status(),
+            alert.severity_label(),
+            line.when(),
+            alert.link
+        );
+        let color = if line.over() {
+            "#2e7d32"
+        } else {
+            accent(alert)
+        };
+        let _ = writeln!(
+            rows,
+            "<tr><td style=\"{CELL}\"><a href=\"{link}\" style=\"color:#1565c0\">{name}</a><br><span style=\"color:#888;font-size:12px\">{product}</span></td>\
+             <td style=\"{CELL};color:{color};font-weight:bold\">{status}</td><td style=\"{CELL}\">{severity}</td>\
+             <td style=\"{CELL};white-space:nowrap\">{when}</td><td style=\"{CELL}\"><a href=\"{link}\" style=\"color:#1565c0\">Open</a></td></tr>",
+            link = escape(&alert.link, h),
+            name = escape(&alert.name, h),
+            product = escape(&alert.product, h),
+            status = escape(&line.status(), h),
+            severity = alert.severity_label(),
+            when = escape(&line.when(), h),
+        );
+    }
+    let _ = write!(
+        text,
+        "\n-- \nSent by Sysmos because this address receives alerts for account {account}. \
+         These alerts arrived together while this address was at its email rate limit.\n"
+    );
+    let html = format!(
+        r#"<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Summary of affected resources</title></head>
+<body style="margin:0;padding:24px;background:#f4f5f7;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:760px;margin:0 auto;background:#fff;border-radius:6px;border-top:6px solid #c62828">
+<tr><td style="padding:24px">
+<h1 style="margin:0 0 4px;font-size:20px;color:#111">Summary of affected resources</h1>
+<p style="margin:0 0 20px;font-size:15px;color:#333">{headline}</p>
+<table cellpadding="0" cellspacing="0" style="width:100%;font-size:14px;border-collapse:collapse">
+<tr style="text-align:left;color:#555"><th style="{CELL}">Resource</th><th style="{CELL}">Status</th><th style="{CELL}">Severity</th><th style="{CELL}">Time</th><th style="{CELL}">Dashboard</th></tr>
+{rows}</table>
+</td></tr></table>
+<p style="max-width:760px;margin:16px auto 0;font-size:12px;color:#888">Sent by Sysmos because this address receives alerts for account {account}. These alerts arrived together while this address was at its email rate limit.</p>
+</body></html>
+"#,
+        headline = escape(&headline, h),
+        account = escape(account, h),
+    );
+    Email {
+        subject: cut(&one_line(&format!("[Sysmos] {headline}")), SUBJECT),
+        text,
+        html,
+    }
+}
+
+/// A summary table cell.
+const CELL: &str = "padding:6px 10px;border-bottom:1px solid #eee;vertical-align:top";
 
 /// The one email a new recipient gets before any alert: a link to confirm the address.
 pub fn verification(address: &str, url: &str) -> Email {

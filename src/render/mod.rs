@@ -3,6 +3,7 @@
 //! escaping event text for its markup and cutting it to its limits.
 
 mod describe;
+pub mod digest;
 pub mod discord;
 pub mod email;
 pub mod pagerduty;

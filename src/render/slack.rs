@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::digest::Digest;
 use super::text::{cut, fit, slack as mrkdwn};
 use super::Alert;
 use crate::model::Severity;
@@ -15,9 +16,19 @@ const FIELD: usize = 2000;
 const URL: usize = 3000;
 /// The fallback shows in notifications; Slack truncates past 40,000, readers much earlier.
 const FALLBACK: usize = 3000;
+/// Blocks in one message.
+const BLOCKS: usize = 50;
+/// Alerts one digest message covers at most (CONTRACT §5a).
+pub const DIGEST: usize = 100;
+/// A resource name in a digest line; its link is left out past [`URL`] / 3.
+const NAME: usize = 150;
 
 fn icon(alert: &Alert<'_>) -> &'static str {
-    if alert.recovery {
+    icon_of(alert, alert.recovery)
+}
+
+fn icon_of(alert: &Alert<'_>, over: bool) -> &'static str {
+    if over {
         return "✅";
     }
     match alert.severity {
@@ -187,4 +198,91 @@ pub fn message<'a>(alert: &'a Alert<'_>, channel: &'a str) -> Message<'a> {
         unfurl_media: false,
         metadata: Metadata::covering([alert.event.event_id()]),
     }
+}
+
+/// One message for the alerts of `digest`: a header with the count, one line per alert
+/// (icon, resource linked to its dashboard page, status, time) in sections of at most
+/// 3,000 characters, within 50 blocks; `text` summarises.
+pub fn digest<'a>(digest: &Digest<'_>, channel: &'a str) -> Message<'a> {
+    let open = digest.lines.iter().filter(|l| !l.over());
+    let worst = open.map(|l| l.alert.severity).max();
+    let header_icon = match worst {
+        None => "✅",
+        Some(Severity::Critical) => "🔴",
+        Some(Severity::Warning) => "🟠",
+        Some(Severity::Info) => "🔵",
+    };
+    let mut blocks = vec![Block::Header {
+        text: Text::Plain {
+            text: cut(&format!("{header_icon} {}", digest.headline()), HEADER),
+            emoji: Some(true),
+        },
+    }];
+    let room = BLOCKS - 2; // the header, and the context at the end
+    let mut sections: Vec<String> = vec![String::new()];
+    let mut left_out = 0;
+    for line in &digest.lines {
+        let name = fit(&line.alert.name, NAME, mrkdwn);
+        let resource = if line.alert.link.chars().count() <= URL / 3 {
+            format!("<{}|{name}>", link_target(&line.alert.link))
+        } else {
+            name
+        };
+        let text = format!(
+            "{} {resource} — {} · {}",
+            icon_of(&line.alert, line.over()),
+            line.status(),
+            line.when()
+        );
+        let current = sections.last_mut().expect("one section at least");
+        if current.is_empty() {
+            *current = text;
+        } else if current.chars().count() + 1 + text.chars().count() <= SECTION {
+            current.push('\n');
+            current.push_str(&text);
+        } else if sections.len() < room {
+            sections.push(text);
+        } else {
+            left_out += 1;
+        }
+    }
+    if left_out > 0 {
+        let last = sections.last_mut().expect("one section at least");
+        let more = format!("\n… and {left_out} more");
+        while last.chars().count() + more.chars().count() > SECTION {
+            last.truncate(last.rfind('\n').unwrap_or(0));
+        }
+        last.push_str(&more);
+    }
+    blocks.extend(sections.into_iter().map(|text| Block::Section {
+        text: Some(Text::mrkdwn(text)),
+        fields: Vec::new(),
+    }));
+    blocks.push(Block::Context {
+        elements: [Text::mrkdwn(
+            "Sysmos · alerts that arrived together while this channel was at Slack's rate limit"
+                .into(),
+        )],
+    });
+    let names: Vec<&str> = digest.lines.iter().map(|l| l.alert.name.as_str()).collect();
+    Message {
+        channel,
+        text: fit(
+            &format!("{} — {}", digest.headline(), names.join(", ")),
+            FALLBACK,
+            mrkdwn,
+        ),
+        blocks,
+        unfurl_links: false,
+        unfurl_media: false,
+        metadata: Metadata::covering(digest.event_ids.iter().copied()),
+    }
+}
+
+/// A URL inside `<url|text>`: `|` and `>` would end it early, `<` and `&` are mrkdwn's.
+fn link_target(url: &str) -> String {
+    url.replace('&', "&amp;")
+        .replace('|', "%7C")
+        .replace('<', "%3C")
+        .replace('>', "%3E")
 }

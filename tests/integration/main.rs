@@ -6,6 +6,7 @@ mod channels;
 mod cli;
 mod common;
 mod deploy;
+mod digests;
 mod email;
 mod fuzz;
 mod isolation;

@@ -12,7 +12,7 @@ use crate::common::limits::{assert_renderings_hold, collect_mrkdwn};
 
 const DASHBOARD: &str = "https://app.sysmos.io";
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
 }
 
@@ -35,7 +35,7 @@ fn fixtures() -> Vec<(String, Event)> {
 }
 
 /// Compares `actual` with the snapshot file, or writes it when updating.
-fn check(relative: &str, actual: &str, failures: &mut Vec<String>) {
+pub(crate) fn check(relative: &str, actual: &str, failures: &mut Vec<String>) {
     let path = root().join("snapshots").join(relative);
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -57,7 +57,7 @@ fn excerpt(text: &str) -> String {
     text.chars().take(1500).collect()
 }
 
-fn pretty(value: &Value) -> String {
+pub(crate) fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap() + "\n"
 }
 
