@@ -8,7 +8,8 @@
 //! and what was dead-lettered, and the other account's produce-to-receipt latency during the
 //! storm.
 //!
-//! Options: `--alerts N` (300), `--calm-rate R` (5), `--backlog` (the N alerts go to the Slack
+//! Options: `--alerts N` (300), `--calm-rate R` (5), `--no-email` (no email recipient in the
+//! storm, as before digests), `--backlog` (the N alerts go to the Slack
 //! channel alone, and the run ends once the service has dealt with them: sent, waiting, or
 //! dead-lettered for waiting past `delivery.max_pending`; it prints this process's peak RSS,
 //! the service's and the fakes' together). The service runs in this process with its default
@@ -62,26 +63,43 @@ impl Fake {
     }
 }
 
-fn options() -> (usize, u64, bool) {
-    let (mut alerts, mut calm_rate, mut backlog) = (300, 5, false);
+struct Options {
+    alerts: usize,
+    calm_rate: u64,
+    backlog: bool,
+    /// The storm account's email recipient (`--no-email` leaves it out, as before digests).
+    email: bool,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        alerts: 300,
+        calm_rate: 5,
+        backlog: false,
+        email: true,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        if flag == "--backlog" {
-            backlog = true;
-            continue;
-        }
-        let mut value = || -> u64 {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{flag} takes a number"))
-        };
         match flag.as_str() {
-            "--alerts" => alerts = value().max(1) as usize,
-            "--calm-rate" => calm_rate = value().max(1),
-            _ => panic!("usage: scripts/storm [--alerts N] [--calm-rate R] [--backlog]"),
+            "--backlog" => o.backlog = true,
+            "--no-email" => o.email = false,
+            "--alerts" | "--calm-rate" => {
+                let value: u64 = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{flag} takes a number"));
+                if flag == "--alerts" {
+                    o.alerts = value.max(1) as usize;
+                } else {
+                    o.calm_rate = value.max(1);
+                }
+            }
+            _ => {
+                panic!("usage: scripts/storm [--alerts N] [--calm-rate R] [--backlog] [--no-email]")
+            }
         }
     }
-    (alerts, calm_rate, backlog)
+    o
 }
 
 /// A series' value in Prometheus text, 0 when absent.
@@ -102,7 +120,12 @@ fn peak_rss_mib() -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let (alerts, calm_rate, backlog) = options();
+    let Options {
+        alerts,
+        calm_rate,
+        backlog,
+        email,
+    } = options();
     sysmos_notify::telemetry::init();
     let data = tempfile::tempdir()?;
     let port = free_port();
@@ -171,8 +194,12 @@ async fn main() -> anyhow::Result<()> {
     let every = json!([
         {"id": "slack", "type": "slack", "bot_token": "xoxb-storm", "channel": "C0STORM"},
         {"id": "discord", "type": "discord", "webhook_url": format!("{}/api/webhooks/1/storm", discord.receiver.base)},
-        {"id": "pd", "type": "pagerduty", "integration_key": "0123456789abcdef0123456789abcdef"},
-        {"id": "email", "type": "email", "recipients": [{"address": "oncall@storm.test", "verified": true}]}]);
+        {"id": "pd", "type": "pagerduty", "integration_key": "0123456789abcdef0123456789abcdef"}]);
+    let mut every = every;
+    if email {
+        every.as_array_mut().expect("a list").push(json!(
+            {"id": "email", "type": "email", "recipients": [{"address": "oncall@storm.test", "verified": true}]}));
+    }
     let storm = json!({"account_id": "storm", "version": 1,
         "channels": if backlog { slack_only } else { every }});
     let quiet = json!({"account_id": "calm", "version": 1, "channels": [
@@ -190,7 +217,11 @@ async fn main() -> anyhow::Result<()> {
     let places = if backlog {
         "one Slack channel"
     } else {
-        "one Slack channel, one Discord webhook, one PagerDuty key and one email recipient"
+        if email {
+            "one Slack channel, one Discord webhook, one PagerDuty key and one email recipient"
+        } else {
+            "one Slack channel, one Discord webhook and one PagerDuty key"
+        }
     };
     println!("storm: {alerts} alerts at once to {places}; another account at {calm_rate}/s");
     let started = Instant::now();
@@ -224,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
         series(text, &name)
     };
     let mut email_done: Option<Duration> = None;
-    while (done.len() < fakes.len() || (!backlog && email_done.is_none()))
+    while (done.len() < fakes.len() || (!backlog && email && email_done.is_none()))
         && Instant::now() < deadline
     {
         let text = metrics().await.unwrap_or_default();
@@ -320,7 +351,7 @@ async fn main() -> anyhow::Result<()> {
             fake.limit.limited(),
         );
     }
-    if !backlog {
+    if !backlog && email {
         let after = email_done.map_or("not all within 15 minutes".to_owned(), |d| {
             format!("{:.1} s", d.as_secs_f64())
         });

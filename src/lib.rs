@@ -13,9 +13,10 @@
 //! - `model`: events, account settings, delivery records and the incident key.
 //! - `settings_cache`: the accounts' settings, fed by the compacted config topic.
 //! - `router`: event → one delivery record per accepting channel (`router::decide`).
-//! - `deliverer`: the loop over the delivery topics, and each record's pipeline.
+//! - `deliverer`: the loop over the delivery topics, each record's pipeline, waiting for a
+//!   provider bucket's turn, and the digests of deliveries that waited together.
 //! - `ledger`: what became of recent delivery records (`P.handled`): repeats, superseded problems.
-//! - `pacing`: provider rate limits: each bucket's turns and holds.
+//! - `pacing`: provider rate limits: each bucket's reserved turns and holds.
 //! - `delivery`: one attempt to one provider, the outcome classifiers, destination caps and circuits.
 //! - `render`: what each provider receives, as pure functions.
 //! - `retry`: the tier plan (`retry::next_step`).

@@ -440,3 +440,180 @@ async fn a_storm_to_one_discord_webhook_and_one_recipient_arrives_as_digests() {
         "nothing dead-lettered"
     );
 }
+
+/// A Slack fake answering digests (messages covering more than one alert) by `digest`, and
+/// every other message 200 `ok`; its requests are recorded by the receiver.
+fn slack_answering_digests(
+    slack: &crate::common::receiver::Receiver,
+    digest: impl Fn(usize, &Value) -> crate::common::receiver::Reply + Send + Sync + 'static,
+) {
+    use crate::common::receiver::Reply;
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    slack.respond_by(std::sync::Arc::new(move |request| {
+        let body = request.json();
+        let count = body["metadata"]["event_payload"]["count"]
+            .as_u64()
+            .unwrap_or(1);
+        if count > 1 {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return digest(n, &body);
+        }
+        Reply::json(200, json!({"ok": true, "ts": "1.1"}))
+    }));
+}
+
+/// A Slack setup paced at 1 per 2 s (burst 1), so alerts sent together form a digest.
+async fn slow_slack(name: &str, slack: &crate::common::receiver::Receiver) -> crate::common::Setup {
+    let mut setup = crate::common::Setup::new(name, &["1s", "1s", "1s"]).await;
+    setup.extra = format!(
+        "[channels.slack]\napi_base_url = \"{}/api\"\nrate = \"1/2s\"\nburst = 1\n",
+        slack.base
+    );
+    setup.write_config();
+    setup
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_that_fails_is_retried_as_one_and_a_refused_one_dead_letters_each() {
+    use crate::common::receiver::{Receiver, Reply};
+    use crate::common::scenario::*;
+
+    let slack = Receiver::start().await;
+    // The first digest to C_FLAKY gets a 503; every digest to C_GONE is refused for good.
+    slack_answering_digests(&slack, |n, body| match body["channel"].as_str() {
+        Some("C_GONE") => Reply::json(200, json!({"ok": false, "error": "channel_not_found"})),
+        _ if n == 0 => Reply::status(503),
+        _ => Reply::json(200, json!({"ok": true, "ts": "1.2"})),
+    });
+    let setup = slow_slack("digest-fail", &slack).await;
+    let flaky =
+        json!({"id": "flaky", "type": "slack", "bot_token": "xoxb-1", "channel": "C_FLAKY"});
+    let service = running(&setup, vec![flaky]).await;
+    const N: usize = 6;
+    for i in 0..N {
+        setup
+            .send_event(&seed_event(&format!("evt_f{i}"), "acc"))
+            .await;
+    }
+    let delivered = "sysmos_notify_deliveries_total{channel=\"slack\",outcome=\"delivered\"}";
+    metric_reaches(&service, delivered, N as f64).await;
+    let digests: Vec<Vec<String>> = slack
+        .requests()
+        .iter()
+        .filter(|r| r.json()["metadata"]["event_payload"]["count"].as_u64() > Some(1))
+        .map(|r| covered_by(std::slice::from_ref(r)))
+        .collect();
+    assert!(
+        digests.len() >= 2,
+        "the failed digest and its retry: {digests:?}"
+    );
+    assert_eq!(digests[0], digests[1], "retried as one: the same alerts");
+    let retried = "sysmos_notify_deliveries_total{channel=\"slack\",outcome=\"retried\"}";
+    assert_eq!(
+        service.metric(retried).await,
+        digests[0].len() as f64,
+        "each covered alert's retry counts"
+    );
+    assert_eq!(
+        service
+            .metric("sysmos_notify_digests_total{channel=\"slack\"}")
+            .await,
+        1.0,
+        "one digest accepted"
+    );
+    assert!(crate::common::read_all(&setup.topic("dlq")).is_empty());
+
+    // A permanent failure dead-letters every alert the digest covered, with the reason.
+    let gone = json!({"id": "gone", "type": "slack", "bot_token": "xoxb-1", "channel": "C_GONE"});
+    setup
+        .put_settings("acc2", &settings("acc2", 1, vec![gone]))
+        .await;
+    metric_reaches(&service, "sysmos_notify_config_accounts", 2.0).await;
+    for i in 0..N {
+        setup
+            .send_event(&seed_event(&format!("evt_g{i}"), "acc2"))
+            .await;
+    }
+    // The first goes alone at once (and is answered `ok`); the others wait and go together.
+    let letters = dead_letters(&setup, N - 1).await;
+    for letter in &letters {
+        let reason = letter["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("channel_not_found"), "the reason: {reason}");
+    }
+    let mut refused: Vec<String> = slack
+        .requests()
+        .iter()
+        .filter(|r| r.json()["channel"] == "C_GONE")
+        .filter(|r| r.json()["metadata"]["event_payload"]["count"].as_u64() > Some(1))
+        .flat_map(|r| covered_by(std::slice::from_ref(r)))
+        .collect();
+    let mut lettered: Vec<String> = letters
+        .iter()
+        .map(|l| {
+            l["delivery"]["event_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    lettered.sort();
+    refused.sort();
+    assert_eq!(
+        lettered, refused,
+        "each alert the refused digest covered, dead-lettered once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_cut_short_by_a_kill_is_sent_again_at_most_once() {
+    use crate::common::receiver::{Receiver, Reply};
+    use crate::common::scenario::*;
+
+    let slack = Receiver::start().await;
+    // Digests are answered slowly, so the kill lands while one is in flight.
+    slack_answering_digests(&slack, |_, _| {
+        Reply::json(200, json!({"ok": true, "ts": "1.3"})).after(std::time::Duration::from_secs(3))
+    });
+    let setup = slow_slack("digest-kill", &slack).await;
+    let ops = json!({"id": "ops", "type": "slack", "bot_token": "xoxb-1", "channel": "C1"});
+    let mut service = running(&setup, vec![ops]).await;
+    const N: usize = 8;
+    for i in 0..N {
+        setup
+            .send_event(&seed_event(&format!("evt_k{i}"), "acc"))
+            .await;
+    }
+    let is_digest = |r: &crate::common::receiver::Recorded| {
+        r.json()["metadata"]["event_payload"]["count"].as_u64() > Some(1)
+    };
+    crate::common::until(WAIT, "a digest in flight", || async {
+        slack.requests().iter().any(is_digest).then_some(())
+    })
+    .await;
+    service.kill();
+    let mut service = setup.start();
+    service.wait_ready().await;
+    // After the restart the digest's alerts (and only those not yet recorded) are sent again.
+    crate::common::until(WAIT, "every alert inside a message", || async {
+        let mut covered = covered_by(&slack.requests());
+        covered.sort();
+        covered.dedup();
+        (covered.len() == N).then_some(())
+    })
+    .await;
+    let digests = slack.requests().iter().filter(|r| is_digest(r)).count();
+    assert!(
+        digests <= 2,
+        "the digest in flight at the kill, and once again: {digests}"
+    );
+    let covered = covered_by(&slack.requests());
+    for i in 0..N {
+        let id = format!("evt_k{i}");
+        let times = covered.iter().filter(|c| **c == id).count();
+        assert!(
+            times <= 2,
+            "{id} sent {times} times: at most the one in flight again"
+        );
+    }
+    service.signal(libc::SIGTERM);
+}
