@@ -11,13 +11,22 @@ use crate::common::scenario::*;
 use crate::common::smtp::{Mail, SmtpServer};
 use crate::common::{create_topic, read_all, until, Setup};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_to_one_slack_channel_is_paced_and_other_accounts_flow() {
+/// A storm's surroundings: a fake Slack enforcing its limit (1/1s, burst 5, as configured),
+/// account `acc` with one Slack channel, and account `calm` with a plain webhook.
+pub(crate) struct SlackStorm {
+    pub slack: Receiver,
+    pub limit: Enforced,
+    pub calm: Receiver,
+    pub setup: Setup,
+    pub service: crate::common::Service,
+}
+
+pub(crate) async fn slack_storm(name: &str) -> SlackStorm {
     let slack = Receiver::start().await;
     let limit = Enforced::new(Limit::slack(5));
     slack.respond_by(limit.responder());
     let calm = Receiver::start().await;
-    let mut setup = Setup::new("paced", &["1s", "1s", "1s"]).await;
+    let mut setup = Setup::new(name, &["1s", "1s", "1s"]).await;
     setup.extra = format!(
         "[channels.slack]\napi_base_url = \"{}/api\"\nrate = \"1/1s\"\nburst = 5\n",
         slack.base
@@ -29,6 +38,24 @@ async fn a_storm_to_one_slack_channel_is_paced_and_other_accounts_flow() {
         .put_settings("calm", &settings("calm", 1, vec![hook("hook", &calm.url)]))
         .await;
     let service = running(&setup, vec![ops]).await;
+    SlackStorm {
+        slack,
+        limit,
+        calm,
+        setup,
+        service,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_to_one_slack_channel_is_paced_and_other_accounts_flow() {
+    let SlackStorm {
+        slack,
+        limit,
+        calm,
+        setup,
+        service,
+    } = slack_storm("paced").await;
 
     const STORM: usize = 20;
     for i in 0..STORM {
