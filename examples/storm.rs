@@ -304,20 +304,37 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // the last calm alerts land
     let produced = produced_calm.lock().expect("calm lock").clone();
-    let mut latencies: Vec<Duration> = calm
+    // Per calm alert: when it was produced (from the storm's start) and how long it took.
+    let calm_alerts: Vec<(Duration, Duration)> = calm
         .requests()
         .iter()
         .filter_map(|r| {
             let monitor = r.json()["monitor"]["id"].as_str()?.to_owned();
-            Some(r.at.saturating_duration_since(*produced.get(&monitor)?))
+            let at = *produced.get(&monitor)?;
+            Some((
+                at.saturating_duration_since(started),
+                r.at.saturating_duration_since(at),
+            ))
         })
         .collect();
-    latencies.sort();
-    let percentile = |p: usize| {
+    let latencies_within = |from: u64, to: u64| -> Vec<Duration> {
+        let window = Duration::from_secs(from)..Duration::from_secs(to);
+        let mut within: Vec<Duration> = calm_alerts
+            .iter()
+            .filter(|(at, _)| window.contains(at))
+            .map(|(_, took)| *took)
+            .collect();
+        within.sort();
+        within
+    };
+    let latencies = latencies_within(0, u64::MAX / 2);
+    let percentile = |latencies: &[Duration], p: usize| {
         latencies
             .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
             .copied()
             .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0
     };
     // A backlog's dead letters are counted from the metrics: reading a million back is slow.
     let dead: Vec<Value> = if backlog {
@@ -383,10 +400,21 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nthe other account during the storm: {} of {calm_sent} alerts received; produce-to-receipt p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         latencies.len(),
-        percentile(50).as_secs_f64() * 1000.0,
-        percentile(99).as_secs_f64() * 1000.0,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        percentile(&latencies, 50),
+        percentile(&latencies, 99),
+        percentile(&latencies, 100),
     );
+    // The same windows whatever ends the run, so runs of different lengths compare.
+    for (from, to) in [(0, 60), (60, 170)] {
+        let within = latencies_within(from, to);
+        println!(
+            "  produced {from}-{to} s into the storm: {} alerts, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            within.len(),
+            percentile(&within, 50),
+            percentile(&within, 99),
+            percentile(&within, 100),
+        );
+    }
     for line in text
         .lines()
         .filter(|l| l.starts_with("sysmos_notify_rate_limited_total"))

@@ -205,27 +205,35 @@ impl Deliverer {
         let mut records = records.into_iter();
         let leader = records.next().expect("the leader");
         let attempt = (&sent, &channel, at, elapsed);
-        if self.settle(leader, attempt, consumer, pos).await {
-            for (record, (consumer, pos, _room)) in records.zip(places) {
-                if owns(&consumer, &pos) && !self.settle(record, attempt, &consumer, &pos).await {
-                    break; // stopping: the rest are repeated after the restart
+        // The riders' writes go together, not one broker round trip after another; each
+        // delivery's own writes keep their order (outcome, then `P.handled`, then offset).
+        let riders = records
+            .zip(places)
+            .map(|(record, (consumer, pos, room))| async move {
+                if owns(&consumer, &pos) {
+                    self.settle(record, attempt, &consumer, &pos).await;
                 }
-            }
-        }
+                drop(room);
+            });
+        futures::future::join(
+            self.settle(leader, attempt, consumer, pos),
+            futures::future::join_all(riders),
+        )
+        .await;
         drop(unfinished);
         None
     }
 
     /// Records what `attempt` means for one delivery it covered: its attempt (or skip), where
-    /// it goes next, `P.handled`, then its offset. False when the broker did not take the
-    /// writes (stopping): it is repeated after the restart.
+    /// it goes next, `P.handled`, then its offset. When the broker does not take the writes
+    /// (stopping), its offset is not stored: it is repeated after the restart.
     async fn settle(
         &self,
         mut record: DeliveryRecord,
         (sent, channel, at, elapsed): Attempt<'_>,
         consumer: &GroupConsumer,
         pos: &Position,
-    ) -> bool {
+    ) {
         let read = Read::of(&record);
         let kind = channel.kind.name();
         let step = match sent {
@@ -258,15 +266,14 @@ impl Deliverer {
         // the next tier not (a kill between the two), the re-read record would be skipped and
         // the delivery lost. The other way round, the worst is a repeat.
         if !records.is_empty() && self.output.write(records).await.is_err() {
-            return false;
+            return;
         }
         if !self.journal.record(Handled::of(&record, read, fate)).await {
-            return false;
+            return;
         }
         self.metrics.delivery(kind, fate);
         log(&record, kind, sent, &step, elapsed.as_millis() as u64);
         finish(consumer, pos);
-        true
     }
 
     /// Resolves a PagerDuty problem's incident again: its recovery was delivered while the
