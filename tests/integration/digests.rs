@@ -341,6 +341,22 @@ async fn a_storm_to_one_slack_channel_arrives_as_a_few_digests() {
         .unwrap()
         .contains("alerts"));
     assert!(body["blocks"].as_array().unwrap().len() <= 50);
+
+    // The ledger knows every alert a digest covered as delivered: read again (here, the same
+    // events sent again), none is sent a second time.
+    let sent_before = slack.count();
+    for i in (100..STORM).step_by(10) {
+        setup
+            .send_event(&seed_event(&format!("evt_s{i:03}"), "acc"))
+            .await;
+    }
+    let repeats = "sysmos_notify_deliveries_total{channel=\"slack\",outcome=\"duplicate\"}";
+    metric_reaches(&service, repeats, 5.0).await;
+    assert_eq!(
+        slack.count(),
+        sent_before,
+        "a covered alert read again is a repeat"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
