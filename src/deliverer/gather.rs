@@ -93,12 +93,13 @@ impl<R> Gatherings<R> {
             return None;
         }
         let mut open = self.open.lock().expect("gatherings lock");
-        open.last_id += 1;
-        let id = open.last_id;
-        let forming = open.forming.entry(key).or_default();
+        let Open { forming, last_id } = &mut *open;
+        let forming = forming.entry(key).or_default();
         if forming.iter().any(|g| g.riders.len() < g.room) {
             return None;
         }
+        *last_id += 1;
+        let id = *last_id;
         forming.push(Gathering {
             id,
             riders: Vec::new(),

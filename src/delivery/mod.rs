@@ -126,12 +126,6 @@ impl Dispatcher {
         let record = &records[0];
         // Webhooks carry the event's own fields; every other channel renders the alert view,
         // or the digest of several (CONTRACT §5a: never PagerDuty or webhooks).
-        let alerts = || -> Vec<Alert<'_>> {
-            records
-                .iter()
-                .map(|r| Alert::new(&r.event, &self.dashboard))
-                .collect()
-        };
         match &channel.kind {
             ChannelKind::Webhook {
                 url,
@@ -142,19 +136,16 @@ impl Dispatcher {
                 .await
                 .into(),
             ChannelKind::Slack { bot_token, channel } => {
-                let alerts = alerts();
-                let body = match &alerts[..] {
-                    [alert] => render::slack::message(alert, channel),
-                    _ => render::slack::digest(&Digest::new(alerts.clone()), channel),
-                };
-                slack::send(self, &body, bot_token).await.into()
+                let body = self.render(
+                    records,
+                    |alert| serde_json::to_vec(&render::slack::message(alert, channel)),
+                    |digest| serde_json::to_vec(&render::slack::digest(digest, channel)),
+                );
+                let body = body.expect("Slack bodies serialize");
+                slack::send(self, body, bot_token).await.into()
             }
             ChannelKind::Discord { webhook_url } => {
-                let alerts = alerts();
-                let body = match &alerts[..] {
-                    [alert] => render::discord::message(alert),
-                    _ => render::discord::digest(&Digest::new(alerts.clone())),
-                };
+                let body = self.render(records, render::discord::message, render::discord::digest);
                 discord::send(self, &body, webhook_url).await
             }
             ChannelKind::PagerDuty { integration_key } => {
@@ -162,13 +153,27 @@ impl Dispatcher {
                 pagerduty::send(self, &alert, integration_key).await.into()
             }
             ChannelKind::Email { recipients } => {
-                let alerts = alerts();
-                let content = match &alerts[..] {
-                    [alert] => render::email::alert(alert),
-                    _ => render::email::summary(&Digest::new(alerts.clone())),
-                };
+                let content = self.render(records, render::email::alert, render::email::summary);
                 email::send(&self.mailer, record, &content, recipients).await
             }
+        }
+    }
+
+    /// What `records` say: one alert's rendering, or several records' digest.
+    fn render<T>(
+        &self,
+        records: &[DeliveryRecord],
+        one: impl FnOnce(&Alert<'_>) -> T,
+        digest: impl FnOnce(&Digest<'_>) -> T,
+    ) -> T {
+        match records {
+            [record] => one(&Alert::new(&record.event, &self.dashboard)),
+            _ => digest(&Digest::new(
+                records
+                    .iter()
+                    .map(|record| Alert::new(&record.event, &self.dashboard))
+                    .collect(),
+            )),
         }
     }
 }

@@ -9,16 +9,16 @@ use super::http::{excerpt, read_limited};
 use super::outcome::{classify_status, classify_transport, retry_after, Outcome};
 use super::Dispatcher;
 use crate::model::Secret;
-use crate::render::slack;
 
-pub async fn send(dispatcher: &Dispatcher, body: &slack::Message<'_>, token: &Secret) -> Outcome {
+/// Posts `body`, a `chat.postMessage` JSON body (`render::slack`).
+pub async fn send(dispatcher: &Dispatcher, body: Vec<u8>, token: &Secret) -> Outcome {
     let request = dispatcher
         .http
         .next()
         .post(format!("{}/chat.postMessage", dispatcher.slack_api))
         .bearer_auth(token.expose())
         .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(serde_json::to_vec(body).expect("Slack bodies serialize"));
+        .body(body);
     match request.send().await {
         Ok(response) => {
             let status = response.status().as_u16();

@@ -75,28 +75,23 @@ pub fn alert(alert: &Alert<'_>) -> Email {
     }
     let color = accent(alert);
     let link = escape(&alert.link, h);
-    let html = format!(
-        r#"<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{title}</title></head>
-<body style="margin:0;padding:24px;background:#f4f5f7;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:600px;margin:0 auto;background:#fff;border-radius:6px;border-top:6px solid {color}">
-<tr><td style="padding:24px">
-<p style="margin:0 0 4px;font-size:12px;font-weight:bold;letter-spacing:1px;color:{color}">{tag} · {severity}</p>
+    let title = escape(&alert.title, h);
+    let content = format!(
+        r#"<p style="margin:0 0 4px;font-size:12px;font-weight:bold;letter-spacing:1px;color:{color}">{tag} · {severity}</p>
 <h1 style="margin:0 0 12px;font-size:20px;color:#111">{title}</h1>
 <p style="margin:0 0 20px;font-size:15px;color:#333">{summary}</p>
 <table role="presentation" cellpadding="0" cellspacing="0" style="font-size:14px;margin:0 0 24px">
 {rows}</table>
 <a href="{link}" style="display:inline-block;padding:10px 18px;background:{color};color:#fff;text-decoration:none;border-radius:4px;font-weight:bold">View in Sysmos</a>
-</td></tr></table>
-<p style="max-width:600px;margin:16px auto 0;font-size:12px;color:#888">Sent by Sysmos because this address receives alerts for account {account}.</p>
-</body></html>
 "#,
-        title = escape(&alert.title, h),
         tag = escape(&alert.tag, h),
         severity = alert.severity_label(),
         summary = escape(&alert.summary, h),
-        account = escape(alert.event.account_id(), h),
     );
+    let account = escape(alert.event.account_id(), h);
+    let footer =
+        format!("Sent by Sysmos because this address receives alerts for account {account}.");
+    let html = page(&title, (600, Some(color)), &content, &footer);
     Email {
         subject: subject(alert),
         text,
@@ -148,29 +143,54 @@ pub fn summary(digest: &Digest<'_>) -> Email {
         "\n-- \nSent by Sysmos because this address receives alerts for account {account}. \
          These alerts arrived together while this address was at its email rate limit.\n"
     );
-    let html = format!(
-        r#"<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Summary of affected resources</title></head>
-<body style="margin:0;padding:24px;background:#f4f5f7;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:760px;margin:0 auto;background:#fff;border-radius:6px;border-top:6px solid #c62828">
-<tr><td style="padding:24px">
-<h1 style="margin:0 0 4px;font-size:20px;color:#111">Summary of affected resources</h1>
+    let content = format!(
+        r#"<h1 style="margin:0 0 4px;font-size:20px;color:#111">Summary of affected resources</h1>
 <p style="margin:0 0 20px;font-size:15px;color:#333">{headline}</p>
 <table cellpadding="0" cellspacing="0" style="width:100%;font-size:14px;border-collapse:collapse">
 <tr style="text-align:left;color:#555"><th style="{CELL}">Resource</th><th style="{CELL}">Status</th><th style="{CELL}">Severity</th><th style="{CELL}">Time</th><th style="{CELL}">Dashboard</th></tr>
 {rows}</table>
-</td></tr></table>
-<p style="max-width:760px;margin:16px auto 0;font-size:12px;color:#888">Sent by Sysmos because this address receives alerts for account {account}. These alerts arrived together while this address was at its email rate limit.</p>
-</body></html>
 "#,
         headline = escape(&headline, h),
-        account = escape(account, h),
+    );
+    let footer = format!(
+        "Sent by Sysmos because this address receives alerts for account {}. These alerts \
+         arrived together while this address was at its email rate limit.",
+        escape(account, h)
+    );
+    let html = page(
+        "Summary of affected resources",
+        (760, Some("#c62828")),
+        &content,
+        &footer,
     );
     Email {
         subject: cut(&one_line(&format!("[Sysmos] {headline}")), SUBJECT),
         text,
         html,
     }
+}
+
+/// Every email's HTML: a card `width` px wide (with a top border of the accent colour, if
+/// any) holding `content`, and `footer` (HTML, may be empty) below it. `title` is HTML.
+fn page(title: &str, (width, accent): (u32, Option<&str>), content: &str, footer: &str) -> String {
+    let border = accent.map_or_else(String::new, |c| format!(";border-top:6px solid {c}"));
+    let footer = if footer.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<p style=\"max-width:{width}px;margin:16px auto 0;font-size:12px;color:#888\">{footer}</p>\n"
+        )
+    };
+    format!(
+        r#"<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title></head>
+<body style="margin:0;padding:24px;background:#f4f5f7;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif">
+<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:{width}px;margin:0 auto;background:#fff;border-radius:6px{border}">
+<tr><td style="padding:24px">
+{content}</td></tr></table>
+{footer}</body></html>
+"#
+    )
 }
 
 /// A summary table cell.
@@ -184,22 +204,16 @@ pub fn verification(address: &str, url: &str) -> Email {
          Open this link to confirm it and start receiving alerts:\n\n{url}\n\n\
          If you did not expect this, ignore this email: no alerts are sent to an unconfirmed address.\n"
     );
-    let html = format!(
-        r#"<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Confirm your email address</title></head>
-<body style="margin:0;padding:24px;background:#f4f5f7;font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif">
-<table role="presentation" width="100%" cellpadding="0" cellspacing="0" style="max-width:600px;margin:0 auto;background:#fff;border-radius:6px">
-<tr><td style="padding:24px">
-<h1 style="margin:0 0 12px;font-size:20px;color:#111">Confirm your email address</h1>
+    let content = format!(
+        r#"<h1 style="margin:0 0 12px;font-size:20px;color:#111">Confirm your email address</h1>
 <p style="margin:0 0 20px;font-size:15px;color:#333"><b>{address}</b> was added as a recipient of Sysmos alert notifications. Confirm it to start receiving alerts.</p>
 <a href="{url}" style="display:inline-block;padding:10px 18px;background:#1565c0;color:#fff;text-decoration:none;border-radius:4px;font-weight:bold">Confirm email address</a>
 <p style="margin:20px 0 0;font-size:12px;color:#888">If you did not expect this, ignore this email: no alerts are sent to an unconfirmed address.</p>
-</td></tr></table>
-</body></html>
 "#,
         address = escape(address, h),
         url = escape(url, h),
     );
+    let html = page("Confirm your email address", (600, None), &content, "");
     Email {
         subject: "Confirm your email address for Sysmos alerts".into(),
         text,

@@ -269,27 +269,17 @@ async fn a_storm_to_one_slack_channel_arrives_as_a_few_digests() {
     use crate::common::{read_all, until};
     use crate::pacing::{slack_storm, SlackStorm};
 
+    let storm = slack_storm("digests").await;
+    const STORM: usize = 150;
+    let started = Instant::now();
+    let calm_took = storm.storm_then_calm(STORM).await;
     let SlackStorm {
         slack,
         limit,
-        calm,
         setup,
         service,
-    } = slack_storm("digests").await;
-
-    const STORM: usize = 150;
-    let started = Instant::now();
-    for i in 0..STORM {
-        setup
-            .send_event(&seed_event(&format!("evt_s{i:03}"), "acc"))
-            .await;
-    }
-    let produced = Instant::now();
-    setup.send_event(&seed_event("evt_calm", "calm")).await;
-    let calm_took = until(WAIT, "the calm account's alert", || async {
-        (calm.count() == 1).then(|| produced.elapsed())
-    })
-    .await;
+        ..
+    } = storm;
     let delivered = "sysmos_notify_deliveries_total{channel=\"slack\",outcome=\"delivered\"}";
     let all_in = until(
         WAIT,

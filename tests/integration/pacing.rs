@@ -21,6 +21,24 @@ pub(crate) struct SlackStorm {
     pub service: crate::common::Service,
 }
 
+impl SlackStorm {
+    /// Sends `n` alerts for `acc` (`evt_s000`, …) at once, then one for `calm`; returns how
+    /// long the calm one took from its production to its receipt.
+    pub(crate) async fn storm_then_calm(&self, n: usize) -> Duration {
+        for i in 0..n {
+            self.setup
+                .send_event(&seed_event(&format!("evt_s{i:03}"), "acc"))
+                .await;
+        }
+        let produced = Instant::now();
+        self.setup.send_event(&seed_event("evt_calm", "calm")).await;
+        until(WAIT, "the calm account's alert", || async {
+            (self.calm.count() == 1).then(|| produced.elapsed())
+        })
+        .await
+    }
+}
+
 pub(crate) async fn slack_storm(name: &str) -> SlackStorm {
     let slack = Receiver::start().await;
     let limit = Enforced::new(Limit::slack(5));
@@ -49,29 +67,20 @@ pub(crate) async fn slack_storm(name: &str) -> SlackStorm {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_to_one_slack_channel_is_paced_and_other_accounts_flow() {
+    let storm = slack_storm("paced").await;
+    const STORM: usize = 20;
+    let started = Instant::now();
+    let calm_took = storm.storm_then_calm(STORM).await;
     let SlackStorm {
         slack,
         limit,
-        calm,
         setup,
         service,
-    } = slack_storm("paced").await;
-
-    const STORM: usize = 20;
-    for i in 0..STORM {
-        setup
-            .send_event(&seed_event(&format!("evt_s{i}"), "acc"))
-            .await;
-    }
-    let produced = Instant::now();
-    setup.send_event(&seed_event("evt_calm", "calm")).await;
-    let calm_took = until(WAIT, "the calm account's alert", || async {
-        (calm.count() == 1).then(|| produced.elapsed())
-    })
-    .await;
+        ..
+    } = storm;
     let accepted = "sysmos_notify_deliveries_total{channel=\"slack\",outcome=\"delivered\"}";
     metric_reaches(&service, accepted, STORM as f64).await;
-    let paced = produced.elapsed();
+    let paced = started.elapsed();
     println!(
         "{STORM} alerts to one Slack channel: all accepted after {paced:?}, {} answers of 429; \
          the calm account's alert took {calm_took:?}",
