@@ -110,11 +110,6 @@ fn options() -> Options {
             other => panic!("unknown option {other}"),
         }
     }
-    // Tansu answers a waiting fetch only when fetch.wait.max.ms runs out (BROKER.md): every
-    // hop would cost up to librdkafka's default 500 ms. Apache Kafka needs no such setting.
-    if !o.client.iter().any(|(k, _)| k == "fetch.wait.max.ms") {
-        o.client.push(("fetch.wait.max.ms".into(), "10".into()));
-    }
     o
 }
 
@@ -439,8 +434,8 @@ async fn pipe(
             .unwrap();
     counter.subscribe(&[sink]).unwrap();
     // The clock starts at the first message read, once the group is joined, as the
-    // service's starts at `/readyz`: joining a group on Tansu takes seconds, and counting
-    // them would flatter the service at small N.
+    // service's starts at `/readyz`: joining a group takes a second or more, and counting
+    // it would flatter the service at small N.
     let first_read = Arc::new(std::sync::OnceLock::new());
     let moving = {
         let (producer, copies) = (producer.clone(), opts.channels);

@@ -146,9 +146,6 @@ event_topics = ["^chaos\\.monitor\\..*"]
 topic_prefix = "chaos.notify"
 partitions = 4
 [kafka.client]
-"fetch.wait.max.ms" = "10"
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
 "topic.metadata.refresh.interval.ms" = "1000"
 [retry]
 delays = ["1s", "2s", "3s"]
@@ -299,34 +296,13 @@ allow_private_targets = true
         started.elapsed().as_secs_f64()
     );
     let drain_deadline = Instant::now() + Duration::from_secs(180);
-    // Tansu 0.6.0 sometimes leaves a SIGKILLed member's partitions assigned to it (Apache
-    // Kafka evicts it after session.timeout.ms). When the drain makes no progress for 30 s,
-    // instance a leaves and rejoins (SIGTERM, start) so the group rebalances; each time is
-    // reported, so a stall of the service's own making would still show.
-    let stall = Duration::from_secs(30);
-    let (mut progress, mut since) = (0u64, Instant::now());
-    let mut forced = 0;
-    loop {
+    let finished = loop {
         let delivered = seen.lock().unwrap().successes.len() as u64;
         if delivered >= expected || Instant::now() >= drain_deadline {
-            break;
-        }
-        if delivered > progress {
-            (progress, since) = (delivered, Instant::now());
-        } else if since.elapsed() >= stall {
-            println!(
-                "[{:>5.1}s] drain stalled {}s with {} deliveries missing: instance a leaves and rejoins to force a rebalance",
-                started.elapsed().as_secs_f64(),
-                stall.as_secs(),
-                expected - delivered
-            );
-            tokio::task::block_in_place(|| instances[0].terminate());
-            instances[0].start(&bin, &config, &work, &log_filter);
-            forced += 1;
-            since = Instant::now();
+            break started.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
     // Late duplicates from work repeated after the last kill would show up now.
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| instances.iter_mut().for_each(Instance::terminate));
@@ -355,6 +331,7 @@ allow_private_targets = true
             .collect()
     };
     let traces = trace(&brokers, &missing);
+    let repeated_records = routed_twice(&brokers, "chaos.notify.deliveries");
     setting.stop_broker();
 
     let seen = seen.lock().unwrap();
@@ -386,8 +363,13 @@ allow_private_targets = true
         limit.limited()
     );
     println!(
-        "forced rebalances:   {forced} (after a drain stalled {}s)",
-        stall.as_secs()
+        "routed twice:        {repeated_records} delivery records written again by a router that died before its offset was committed"
+    );
+    println!(
+        "seconds:             {:.0} (production {}s, drain to the last delivery {:.0}s)",
+        finished.as_secs_f64(),
+        opts.duration.as_secs(),
+        finished.as_secs_f64() - opts.duration.as_secs_f64()
     );
     for (reason, n) in reasons.iter().take(5) {
         println!("  {n} × {reason}");
@@ -473,6 +455,22 @@ fn dead_letter_reasons(brokers: &str, topic: &str) -> Vec<(String, usize)> {
     let mut reasons: Vec<_> = reasons.into_iter().collect();
     reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
     reasons
+}
+
+/// Delivery records in `topic` beyond the first with the same delivery id: the router's
+/// repeated fan-out, which the deliverer's ledger (`P.handled`) keeps from being sent twice.
+fn routed_twice(brokers: &str, topic: &str) -> usize {
+    use rdkafka::Message;
+    let records =
+        sysmos_notify::ops::read_topic(&kafka_settings(brokers), topic).unwrap_or_default();
+    let mut ids = std::collections::HashSet::new();
+    records
+        .iter()
+        .filter_map(|m| {
+            serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default()).ok()
+        })
+        .filter(|d| !ids.insert(d["delivery_id"].as_str().unwrap_or_default().to_owned()))
+        .count()
 }
 
 /// For each missing delivery: what the receivers and `P.handled` know of it.

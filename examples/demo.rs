@@ -80,10 +80,6 @@ async fn main() -> anyhow::Result<()> {
     let env = [
         ("SYSMOS_NOTIFY__KAFKA__BROKERS", brokers.clone()),
         ("SYSMOS_NOTIFY__KAFKA__PARTITIONS", "2".into()),
-        (
-            "SYSMOS_NOTIFY__KAFKA__CLIENT__FETCH_WAIT_MAX_MS",
-            "10".into(),
-        ),
         ("SYSMOS_NOTIFY__RETRY__DELAYS", "3s,10s,30s".into()),
         (
             "SYSMOS_NOTIFY__DELIVERY__ALLOW_PRIVATE_TARGETS",

@@ -147,7 +147,6 @@ async fn main() -> anyhow::Result<()> {
         ("KAFKA__TOPIC_PREFIX", PREFIX.to_owned()),
         ("KAFKA__GROUP_ID", "storm".to_owned()),
         ("KAFKA__PARTITIONS", "4".to_owned()),
-        ("KAFKA__CLIENT__FETCH_WAIT_MAX_MS", "10".to_owned()),
         ("DELIVERY__ALLOW_PRIVATE_TARGETS", "true".to_owned()),
         ("HTTP__LISTEN", listen.clone()),
         (

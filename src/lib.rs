@@ -158,12 +158,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_tiers(&topics.retry),
         &topics.delivery_topics(),
     )?;
-    // Verification emails need no haste: this consumer polls at a background pace.
     let verifier_consumer = subscribed(
-        &client::background(client::group_consumer(
-            kafka,
-            &format!("{}.verifications", kafka.group_id),
-        )),
+        &client::group_consumer(kafka, &format!("{}.verifications", kafka.group_id)),
         ServiceContext::new("verifier", metrics.clone(), Arc::default()),
         &[&topics.config],
     )?;

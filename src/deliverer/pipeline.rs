@@ -72,7 +72,7 @@ impl Deliverer {
                     let Some(record) = self.join(record, &needs, &consumer, &pos) else {
                         return;
                     };
-                    let turn = self.take_turn(&record, &needs);
+                    let turn = self.take_turn(&record, &needs, &consumer);
                     if !matches!(turn, Turn::Now) {
                         drop((slot, _claim));
                         let waiting = (record, needs, turn);
@@ -126,7 +126,7 @@ impl Deliverer {
         shutdown: CancellationToken,
     ) {
         if let Some((record, needs, unfinished)) = sent {
-            let turn = self.take_turn(&record, &needs);
+            let turn = self.take_turn(&record, &needs, &consumer);
             let onward = self.to_turn((record, needs, turn), consumer, pos, unfinished, shutdown);
             Box::pin(onward).await
         }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Outputs};
 use super::Deliverer;
-use crate::kafka::context::{finish, owns, GroupConsumer};
+use crate::kafka::context::{assigned_at, finish, owns, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::ledger::{Handled, Read};
 use crate::model::{DeliveryRecord, Fate};
@@ -51,9 +51,25 @@ impl Deliverer {
 
     /// The turn of `record` in its buckets: the one it reserved before it was parked, if this
     /// process owes it that; else the next free one, reserved now, unless it lies past what
-    /// `delivery.max_pending` leaves it.
-    pub(super) fn take_turn(&self, record: &DeliveryRecord, needs: &[Need]) -> Turn {
+    /// `delivery.max_pending` leaves it. Buckets another instance was busy with before this
+    /// one was assigned the partitions are taken over first ([`crate::pacing::Pacer::take_over`]).
+    pub(super) fn take_turn(
+        &self,
+        record: &DeliveryRecord,
+        needs: &[Need],
+        consumer: &GroupConsumer,
+    ) -> Turn {
         let now = Instant::now();
+        let active = self
+            .ledger
+            .last_active(&record.account_id, &record.channel_id);
+        if let Some(assigned) = assigned_at(consumer) {
+            let active = active.map(|at| {
+                let ago = (Utc::now() - at).to_std().unwrap_or_default();
+                now.checked_sub(ago).unwrap_or(now)
+            });
+            self.pacer.take_over(needs, assigned, active);
+        }
         if record.waiting_since.is_some() {
             let late = record
                 .not_before

@@ -125,10 +125,22 @@ fn group_consumer_prefetching(
         // Once the prefetch is full, librdkafka waits this long before fetching the
         // partition again; its default (1 s) let the deliverer's queue run dry in a storm
         // (BENCHMARKS.md, "The fetch back-off and the attempt slot").
-        .set("fetch.queue.backoff.ms", "20");
+        .set("fetch.queue.backoff.ms", "20")
+        // A SIGKILLed instance's partitions move when the broker has heard no heartbeat for
+        // this long; librdkafka's 45 s would leave its buckets undelivered that long. The
+        // heartbeats come from librdkafka's own thread, so a busy loop cannot miss them.
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS.to_string())
+        .set("heartbeat.interval.ms", "1000")
+        // `P.deliveries` and every `P.retry.k` have the same partition count and key
+        // (account:channel), and range hands partition i of each to the same member: a
+        // bucket's deliveries and its retries are paced by one process (README, "Scaling out").
+        .set("partition.assignment.strategy", "range");
     passthrough(&mut config, settings, Role::Consumer);
     config
 }
+
+/// How long a silent member keeps its partitions (BENCHMARKS.md, "Membership").
+const SESSION_TIMEOUT_MS: u32 = 10_000;
 
 /// A consumer that reads assigned partitions from the beginning and never commits.
 pub fn reader(settings: &KafkaConfig, group_id: &str) -> ClientConfig {
@@ -142,24 +154,6 @@ pub fn reader(settings: &KafkaConfig, group_id: &str) -> ClientConfig {
         // tight loop and needs far less (BENCHMARKS.md, "Cost growth").
         .set("queued.max.messages.kbytes", "8192");
     passthrough(&mut config, settings, Role::Consumer);
-    config
-}
-
-/// The shortest `fetch.wait.max.ms` of a consumer off the alert path, librdkafka's default.
-const BACKGROUND_FETCH_WAIT_MS: u64 = 500;
-
-/// `config` for a consumer off the alert path (the table followers, the verifier): its
-/// `fetch.wait.max.ms` is at least 500. A broker that answers a fetch only when that wait
-/// runs out (Tansu) would otherwise be polled every few milliseconds by consumers whose
-/// records need no such haste, at the expense of the alerts' own fetches (BENCHMARKS.md,
-/// "Polling"); Apache Kafka answers as soon as records arrive, wait or not.
-pub fn background(mut config: ClientConfig) -> ClientConfig {
-    let wait = config
-        .get("fetch.wait.max.ms")
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(BACKGROUND_FETCH_WAIT_MS)
-        .max(BACKGROUND_FETCH_WAIT_MS);
-    config.set("fetch.wait.max.ms", wait.to_string());
     config
 }
 
@@ -190,6 +184,10 @@ mod tests {
         let mut settings = crate::config::Config::load_with_env(None, std::iter::empty())
             .unwrap()
             .kafka;
+        let defaults = group_consumer(&settings, "g");
+        assert_eq!(defaults.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(defaults.get("heartbeat.interval.ms"), Some("1000"));
+        assert_eq!(defaults.get("partition.assignment.strategy"), Some("range"));
         for (k, v) in [
             ("fetch.wait.max.ms", "10"),
             ("session.timeout.ms", "6000"),
@@ -213,11 +211,11 @@ mod tests {
             Some("65536"),
             "[kafka.client] wins over the prefetch set here"
         );
-        let raised = background(consumer.clone());
-        assert_eq!(raised.get("fetch.wait.max.ms"), Some("500"));
-        let mut patient = consumer.clone();
-        patient.set("fetch.wait.max.ms", "800");
-        assert_eq!(background(patient).get("fetch.wait.max.ms"), Some("800"));
+        assert_eq!(
+            consumer.get("session.timeout.ms"),
+            Some("6000"),
+            "[kafka.client] wins over the session timeout set here"
+        );
         assert_eq!(consumer.get("linger.ms"), None);
         assert_eq!(producer.get("linger.ms"), Some("30"));
         assert_eq!(producer.get("session.timeout.ms"), None);

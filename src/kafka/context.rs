@@ -248,6 +248,16 @@ pub fn owns(consumer: &GroupConsumer, pos: &super::offsets::Position) -> bool {
         .is_current(pos)
 }
 
+/// When `consumer` was last assigned partitions.
+pub fn assigned_at(consumer: &GroupConsumer) -> Option<std::time::Instant> {
+    consumer
+        .context()
+        .assignment
+        .lock()
+        .expect("assignment lock")
+        .assigned_at()
+}
+
 /// Registers work on a received message; `None` when it is not ours to do (revoked or re-fetched).
 pub fn begin<M: rdkafka::Message>(
     consumer: &GroupConsumer,

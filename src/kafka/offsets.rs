@@ -57,6 +57,7 @@ impl PartitionProgress {
 pub struct Assignment {
     partitions: HashMap<(String, i32), (u64, PartitionProgress)>,
     generation: u64,
+    assigned_at: Option<std::time::Instant>,
 }
 
 /// Where a message came from, and under which assignment it was begun.
@@ -71,6 +72,7 @@ pub struct Position {
 impl Assignment {
     pub fn assign(&mut self, partitions: impl IntoIterator<Item = (String, i32)>) {
         self.generation += 1;
+        self.assigned_at = Some(std::time::Instant::now());
         for tp in partitions {
             self.partitions
                 .insert(tp, (self.generation, PartitionProgress::default()));
@@ -109,6 +111,12 @@ impl Assignment {
             return None;
         }
         progress.finish(pos.offset)
+    }
+
+    /// When the last assignment came: work of the partitions' previous owners may have
+    /// reached the providers right up to it.
+    pub fn assigned_at(&self) -> Option<std::time::Instant> {
+        self.assigned_at
     }
 
     /// Whether `pos` still belongs to the current assignment.

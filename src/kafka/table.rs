@@ -30,15 +30,12 @@ pub async fn follow(
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, watch::Receiver<bool>)> {
     use rdkafka::config::FromClientConfigAndContext;
     let consumer = StreamConsumer::from_config_and_context(
-        &super::client::background(super::client::reader(
-            kafka,
-            &format!("{}.{role}", kafka.group_id),
-        )),
+        &super::client::reader(kafka, &format!("{}.{role}", kafka.group_id)),
         ServiceContext::new(role, metrics, Default::default()),
     )?;
     let owned_topic = topic.to_owned();
     let (consumer, targets) = tokio::task::spawn_blocking(move || {
-        assign_all(&consumer, &owned_topic).map(|targets| (consumer, targets))
+        assign_all_when_led(&consumer, &owned_topic).map(|targets| (consumer, targets))
     })
     .await??;
     let (loaded_tx, loaded_rx) = watch::channel(false);
@@ -51,6 +48,34 @@ pub async fn follow(
         shutdown,
     ));
     Ok((task, loaded_rx))
+}
+
+/// How long a topic's partitions may go without a leader before following it fails.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// [`assign_all`], tried again while it fails for up to [`LEADER_WAIT`]: Apache Kafka
+/// answers CreateTopics, and even names a leader in metadata, before that leader serves the
+/// new partitions, so a watermark query right after creation fails with NotLeaderForPartition.
+fn assign_all_when_led(
+    consumer: &StreamConsumer<ServiceContext>,
+    topic: &str,
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let deadline = std::time::Instant::now() + LEADER_WAIT;
+    loop {
+        match assign_all(consumer, topic) {
+            Ok(targets) => return Ok(targets),
+            Err(error) if std::time::Instant::now() < deadline => {
+                tracing::debug!(topic, %error, "partitions not served yet; trying again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => {
+                return Err(error.context(format!(
+                    "the partitions of {topic} were not served within {LEADER_WAIT:?}; \
+                     check the broker's log"
+                )))
+            }
+        }
+    }
 }
 
 /// Assigns every partition of `topic` from the beginning and returns the end offsets to reach.

@@ -167,6 +167,10 @@ struct Entries {
     seen: HashSet<Id>,
     /// Incident → `occurred_at` (µs) of its latest delivered recovery.
     recovered: HashMap<Id, i64>,
+    /// Channel → when (µs) a record of it was last handled with a request possibly made.
+    active: HashMap<Id, i64>,
+    /// `active` is swept of channels quiet past the window when it grows this large.
+    active_sweep_at: usize,
     /// Oldest first: what to forget when the window passes or the capacity is reached.
     order: VecDeque<Entry>,
 }
@@ -240,7 +244,15 @@ impl Ledger {
             });
             (seen(delivered_id(&handled.delivery_id)), recovery)
         });
+        let requested = matches!(
+            handled.next,
+            Fate::Delivered | Fate::Retried | Fate::DeadLettered
+        );
+        let channel = requested.then(|| channel_id(&handled.account_id, &handled.channel_id));
         let mut entries = self.entries.lock().expect("ledger lock");
+        if let Some(channel) = channel {
+            entries.touch(channel, at, horizon.timestamp_micros());
+        }
         entries.remember(read);
         if let Some((delivered, recovery)) = delivered {
             entries.remember(delivered);
@@ -285,6 +297,18 @@ impl Ledger {
             .is_some_and(|recovered| *recovered >= occurred_at)
     }
 
+    /// When a record of the channel was last handled, by any instance, in a way that may
+    /// have made a request (delivered, retried, dead-lettered): whoever paces its buckets
+    /// next must count on the provider having seen that request (`Pacer::take_over`).
+    pub fn last_active(&self, account_id: &str, channel: &str) -> Option<DateTime<Utc>> {
+        let key = channel_id(account_id, channel);
+        let entries = self.entries.lock().expect("ledger lock");
+        entries
+            .active
+            .get(&key)
+            .and_then(|at| DateTime::from_timestamp_micros(*at))
+    }
+
     /// Entries held now.
     pub fn len(&self) -> usize {
         self.entries.lock().expect("ledger lock").order.len()
@@ -293,6 +317,13 @@ impl Ledger {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The fewest channels `Entries::active` holds before it is swept.
+const MIN_ACTIVE_SWEEP: usize = 1024;
+
+fn channel_id(account_id: &str, channel_id: &str) -> Id {
+    id(&[b"channel", account_id.as_bytes(), channel_id.as_bytes()])
 }
 
 /// Entries are allocated for up to this many at start; beyond, they grow as needed.
@@ -307,6 +338,8 @@ impl Entries {
         Self {
             seen: HashSet::with_capacity(room),
             recovered: HashMap::new(),
+            active: HashMap::new(),
+            active_sweep_at: MIN_ACTIVE_SWEEP,
             order: VecDeque::with_capacity(room),
         }
     }
@@ -324,6 +357,15 @@ impl Entries {
             *latest = entry.recovered_at;
         }
         self.order.push_back(entry);
+    }
+
+    fn touch(&mut self, channel: Id, at: i64, horizon: i64) {
+        let latest = self.active.entry(channel).or_insert(at);
+        *latest = (*latest).max(at);
+        if self.active.len() >= self.active_sweep_at {
+            self.active.retain(|_, at| *at >= horizon);
+            self.active_sweep_at = (self.active.len() * 2).max(MIN_ACTIVE_SWEEP);
+        }
     }
 
     fn forget(&mut self, horizon: i64, capacity: usize) {

@@ -271,3 +271,52 @@ fn a_skipped_record_is_read_again_and_is_no_repeat() {
     );
     assert_eq!(ledger.verdict(&skipped), Verdict::Repeat);
 }
+
+#[test]
+fn a_channel_is_active_when_a_record_of_it_may_have_made_a_request() {
+    let ledger = ledger();
+    let now = Utc::now();
+    assert_eq!(ledger.last_active("acc", "hook"), None);
+    for (channel, fate, active) in [
+        ("dropped", Fate::Dropped, false),
+        ("superseded", Fate::Superseded, false),
+        ("delivered", Fate::Delivered, true),
+        ("retried", Fate::Retried, true),
+        ("dead", Fate::DeadLettered, true),
+    ] {
+        let r = record(
+            "monitor.down",
+            &format!("e_{channel}"),
+            "2025-01-15T10:30:00Z",
+            channel,
+        );
+        let mut h = handled(&r, fate);
+        h.at = now - chrono::Duration::seconds(5);
+        ledger.apply(&h, now);
+        assert_eq!(
+            ledger.last_active("acc", channel).is_some(),
+            active,
+            "{fate:?}"
+        );
+    }
+    // The latest handling counts, whatever order entries arrive in.
+    let r = record(
+        "monitor.down",
+        "e_late",
+        "2025-01-15T10:30:00Z",
+        "delivered",
+    );
+    let mut older = handled(&r, Fate::Delivered);
+    older.at = now - chrono::Duration::seconds(60);
+    ledger.apply(&older, now);
+    let at = ledger.last_active("acc", "delivered").unwrap();
+    assert_eq!(
+        at.timestamp_micros(),
+        (now - chrono::Duration::seconds(5)).timestamp_micros()
+    );
+    assert_eq!(
+        ledger.last_active("other", "delivered"),
+        None,
+        "per account"
+    );
+}

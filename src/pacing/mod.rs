@@ -113,6 +113,8 @@ struct Bucket {
     in_line: usize,
     /// Turns reserved by deliveries parked in a retry tier and not yet claimed.
     parked: usize,
+    /// The assignment this process last took the bucket over at (`Pacer::take_over`).
+    taken_over: Option<Instant>,
     last_used: Instant,
 }
 
@@ -166,6 +168,30 @@ impl Pacer {
             }
         }
         Ok(distance)
+    }
+
+    /// This process was assigned the partitions of `needs`' deliveries at `assigned`, and a
+    /// request of theirs was last possibly made, by any instance, at `active`. The previous
+    /// owner may have emptied the provider's buckets right up to the handover, so a bucket
+    /// busy within a burst's span of it counts as drained at `assigned` the first time it is
+    /// asked after that assignment: its turns resume one interval after, at its pace, and no
+    /// full burst meets a provider's empty one. A quiet bucket keeps its burst.
+    pub fn take_over(&self, needs: &[Need], assigned: Instant, active: Option<Instant>) {
+        let mut state = self.state.lock().expect("pacer lock");
+        let now = Instant::now();
+        for need in needs {
+            let Some(pace) = need.pace else { continue };
+            let span = interval(pace) * pace.burst.get();
+            let bucket = state.bucket(need, now);
+            if bucket.taken_over.is_some_and(|at| at >= assigned) {
+                continue;
+            }
+            bucket.taken_over = Some(assigned);
+            if active.is_some_and(|active| active + span > assigned) {
+                let drained = assigned + span;
+                bucket.next = Some(bucket.next.map_or(drained, |next| next.max(drained)));
+            }
+        }
     }
 
     /// A delivery parked in a retry tier until its reserved turn: counted, so that when it is
@@ -295,9 +321,13 @@ impl Drop for InLine<'_> {
     }
 }
 
-/// The time between two turns at `pace`.
+/// The time between two turns at `pace`, 1% longer than the pace itself: requests are timed
+/// where they leave, limits are counted where they arrive, and a request sent exactly on the
+/// pace that meets a millisecond less latency than the one before is one too many there
+/// (BENCHMARKS.md, "Membership and pacing across instances").
 fn interval(pace: Pace) -> Duration {
-    (pace.rate.per / pace.rate.count.get()).max(Duration::from_nanos(1))
+    let exact = pace.rate.per / pace.rate.count.get();
+    (exact + exact / 100).max(Duration::from_nanos(1))
 }
 
 impl State {
@@ -345,6 +375,7 @@ impl State {
                 shifted: Duration::ZERO,
                 in_line: 0,
                 parked: 0,
+                taken_over: None,
                 last_used: now,
             });
         bucket.last_used = bucket.last_used.max(now);

@@ -38,8 +38,8 @@ fn a_bucket_gives_its_burst_then_keeps_its_pace() {
         .collect();
     assert_eq!(
         turns,
-        [ms(0), ms(0), ms(1000), ms(2000)],
-        "2 at once, then 1/s"
+        [ms(0), ms(0), ms(1010), ms(2020)],
+        "2 at once, then 1/s (1% under it)"
     );
     assert_eq!(
         pacer.turn(&[need("other", pace("1/1s", 2))], now, HOUR),
@@ -70,15 +70,15 @@ fn turns_are_first_come_first_served_and_a_far_one_is_not_reserved() {
     let turns: Vec<Duration> = (0..3)
         .map(|_| pacer.turn(&bucket, now, HOUR).unwrap())
         .collect();
-    assert_eq!(turns, [ms(0), ms(100), ms(200)]);
+    assert_eq!(turns, [ms(0), ms(101), ms(202)]);
     assert_eq!(
         pacer.turn(&bucket, now, ms(250)),
-        Err(ms(300)),
+        Err(ms(303)),
         "past the allowance (delivery.max_pending): told, not reserved"
     );
     assert_eq!(
         pacer.turn(&bucket, now + ms(50), HOUR),
-        Ok(ms(250)),
+        Ok(ms(253)),
         "a later arrival comes after every turn reserved before it"
     );
 }
@@ -111,7 +111,7 @@ fn a_hold_moves_the_reserved_turns_back_in_order() {
     let turns: Vec<Duration> = (0..3)
         .map(|_| pacer.turn(&bucket, now, HOUR).unwrap())
         .collect();
-    assert_eq!(turns, [ms(0), ms(1000), ms(2000)]);
+    assert_eq!(turns, [ms(0), ms(1010), ms(2020)]);
     assert_eq!(pacer.shifted(&bucket), Duration::ZERO);
     pacer.hold(&bucket[0].key, Instant::now() + Duration::from_secs(30));
     let shifted = pacer.shifted(&bucket);
@@ -160,7 +160,7 @@ fn a_parked_delivery_claims_the_turn_it_reserved() {
     let now = Instant::now();
     let on_time = Duration::ZERO;
     assert_eq!(pacer.turn(&bucket, now, HOUR), Ok(ms(0)));
-    assert_eq!(pacer.turn(&bucket, now, HOUR), Ok(ms(1000)));
+    assert_eq!(pacer.turn(&bucket, now, HOUR), Ok(ms(1010)));
     assert!(
         !pacer.claim(&bucket, now, on_time),
         "nothing parked: nothing owed"
@@ -168,10 +168,10 @@ fn a_parked_delivery_claims_the_turn_it_reserved() {
     pacer.park(&bucket);
     assert_eq!(
         pacer.turn(&bucket, now + ms(500), HOUR),
-        Ok(ms(1500)),
+        Ok(ms(1520)),
         "a newcomer goes after the parked delivery's turn"
     );
-    let back = now + ms(1000);
+    let back = now + ms(1010);
     assert!(
         pacer.claim(&bucket, back, on_time),
         "back at its turn, it takes it"
@@ -243,4 +243,48 @@ fn buckets_follow_the_contract_and_hide_credentials() {
     };
     assert_eq!(hook(json!(null))[0].pace, None);
     assert_eq!(hook(json!("10/1s"))[0].pace, pace("10/1s", 10));
+}
+
+#[test]
+fn a_bucket_taken_over_busy_resumes_at_its_pace_and_a_quiet_one_keeps_its_burst() {
+    let pacer = Pacer::default();
+    let now = Instant::now();
+    let busy = [need("busy", pace("2/1s", 2))];
+    let quiet = [need("quiet", pace("2/1s", 2))];
+    // Assigned now; `busy` was sent to 100 ms ago by the previous owner, `quiet` 5 s ago.
+    pacer.take_over(&busy, now, Some(now - ms(100)));
+    pacer.take_over(&quiet, now, Some(now - ms(5000)));
+    let turns = |needs: &[Need]| -> Vec<Duration> {
+        (0..3)
+            .map(|_| pacer.turn(needs, now, HOUR).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        turns(&busy),
+        [ms(505), ms(1010), ms(1515)],
+        "drained at the handover"
+    );
+    assert_eq!(turns(&quiet), [ms(0), ms(0), ms(505)], "a full burst");
+    // Asked again under the same assignment, the bucket keeps the turns it gave since.
+    pacer.take_over(&busy, now, Some(now));
+    assert_eq!(pacer.turn(&busy, now, HOUR), Ok(ms(2020)));
+    // A later assignment takes it over again, never giving back reserved turns.
+    pacer.take_over(&busy, now + ms(100), Some(now + ms(100)));
+    assert_eq!(pacer.turn(&busy, now, HOUR), Ok(ms(2525)));
+    let unpaced = [need("hook", None)];
+    pacer.take_over(&unpaced, now, Some(now));
+    let fresh = [need("fresh", pace("2/1s", 2))];
+    pacer.take_over(&fresh, now, None);
+    assert_eq!(pacer.turn(&fresh, now, HOUR), Ok(ms(0)));
+    pacer.take_over(&fresh, now, Some(now));
+    assert_eq!(
+        pacer.turn(&fresh, now, HOUR),
+        Ok(ms(0)),
+        "first asked quiet under this assignment: its own sends since are its own to pace"
+    );
+    assert_eq!(
+        pacer.turn(&unpaced, now, HOUR),
+        Ok(ms(0)),
+        "no pace: no limit"
+    );
 }

@@ -1,4 +1,4 @@
-//! The integration test binary: the service against a real broker process (Tansu, started
+//! The integration test binary: the service against a real Apache Kafka broker process (started
 //! by the harness unless `SYSMOS_TEST_BROKERS` names one), recording HTTP receivers, the CLI,
 //! and the published schemas.
 
@@ -16,5 +16,6 @@ mod operator;
 mod pacing;
 mod pipeline;
 mod render;
+mod scaling;
 mod schemas;
 mod secrets;

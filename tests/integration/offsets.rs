@@ -22,16 +22,10 @@ async fn concurrent_finishes_store_the_low_water_mark() {
     let group = format!("{name}-group");
     let settings = Config::load_with_env(
         None,
-        [
-            (
-                "SYSMOS_NOTIFY__KAFKA__BROKERS".to_owned(),
-                brokers().to_owned(),
-            ),
-            (
-                "SYSMOS_NOTIFY__KAFKA__CLIENT__FETCH_WAIT_MAX_MS".to_owned(),
-                "10".to_owned(),
-            ),
-        ],
+        [(
+            "SYSMOS_NOTIFY__KAFKA__BROKERS".to_owned(),
+            brokers().to_owned(),
+        )],
     )
     .unwrap();
     let joined = Arc::new(AtomicBool::new(false));

@@ -1,4 +1,4 @@
-//! Test harness: a real Tansu broker process, the service binary as a child process,
+//! Test harness: a real Apache Kafka broker process, the service binary as a child process,
 //! HTTP receivers that record requests, and polling helpers (no fixed sleeps).
 
 #![allow(dead_code)]
@@ -22,8 +22,8 @@ use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-/// The broker every test of this process shares: `SYSMOS_TEST_BROKERS` when set, else a
-/// Tansu process started here on a free port (killed when the test process exits).
+/// The broker every test of this process shares: `SYSMOS_TEST_BROKERS` when set, else an
+/// Apache Kafka process started here on a free port (killed when the test process exits).
 pub fn brokers() -> &'static str {
     static BROKERS: OnceLock<String> = OnceLock::new();
     BROKERS.get_or_init(|| match std::env::var("SYSMOS_TEST_BROKERS") {
@@ -32,22 +32,27 @@ pub fn brokers() -> &'static str {
     })
 }
 
+/// The data folder of the broker started here, whose log a failing test prints.
+static BROKER_DATA: OnceLock<PathBuf> = OnceLock::new();
+
 /// A broker for this test process, killed with it: SIGKILL when the thread that started it
 /// ends (PR_SET_PDEATHSIG), so that thread lives as long as the process.
 fn start_broker() -> String {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap().keep();
+    BROKER_DATA.set(dir.clone()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let data = dir.clone();
     std::thread::spawn(move || {
         use std::os::unix::process::CommandExt;
-        let mut command = testkit::broker::command(port, &dir);
+        let mut command = testkit::broker::command(port, &data);
         unsafe {
             command.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let child = command.spawn().expect("start tansu");
+        let child = command.spawn().expect("start scripts/broker");
         tx.send(()).unwrap();
         let _keep = child;
         loop {
@@ -55,8 +60,16 @@ fn start_broker() -> String {
         }
     });
     rx.recv().unwrap();
-    testkit::broker::wait_for_port(port, Duration::from_secs(30));
+    testkit::broker::wait_ready(port, &dir, Duration::from_secs(120));
     format!("127.0.0.1:{port}")
+}
+
+/// The tail of the shared broker's log, when this process started it.
+pub fn broker_log_tail() -> String {
+    BROKER_DATA
+        .get()
+        .map(|data| testkit::broker::log_tail(data, 30))
+        .unwrap_or_default()
 }
 
 /// A name no other test of any run uses: topics, groups and prefixes derive from it.
@@ -114,8 +127,7 @@ pub fn committed(group: &str, topic: &str) -> i64 {
 
 fn client_config() -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers())
-        .set("fetch.wait.max.ms", "10");
+    c.set("bootstrap.servers", brokers());
     c
 }
 
@@ -215,6 +227,8 @@ pub struct Setup {
     pub delivery: String,
     /// More `[kafka.client]` properties, one per line.
     pub client: String,
+    /// `kafka.partitions` of the service's topics.
+    pub partitions: i32,
     pub http_port: u16,
     pub producer: FutureProducer,
     pub config: tempfile::NamedTempFile,
@@ -233,6 +247,7 @@ impl Setup {
             private_targets: true,
             delivery: String::new(),
             client: String::new(),
+            partitions: 2,
             http_port: free_port(),
             producer: producer(),
             config: tempfile::Builder::new().suffix(".toml").tempfile().unwrap(),
@@ -243,18 +258,24 @@ impl Setup {
     }
 
     pub fn write_config(&self) {
+        std::fs::write(self.config.path(), self.config_text(self.http_port)).unwrap();
+    }
+
+    /// The settings file of one more instance of this deployment, serving on `port`.
+    pub fn instance_config(&self, port: u16) -> tempfile::NamedTempFile {
+        write_file(&self.config_text(port))
+    }
+
+    fn config_text(&self, port: u16) -> String {
         let delays: Vec<String> = self.delays.iter().map(|d| format!("\"{d}\"")).collect();
-        let text = format!(
+        format!(
             r#"[kafka]
 brokers = "{brokers}"
 group_id = "{name}-group"
 event_topics = ["^{name}\\.monitor\\..*", "^{name}\\.server\\..*"]
 topic_prefix = "{prefix}"
-partitions = 2
+partitions = {partitions}
 [kafka.client]
-"fetch.wait.max.ms" = "10"
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
 "topic.metadata.refresh.interval.ms" = "1000"
 {client}
 [retry]
@@ -272,13 +293,12 @@ base_url = "https://app.example.test"
             name = self.name,
             prefix = self.prefix,
             delays = delays.join(", "),
-            port = self.http_port,
+            partitions = self.partitions,
             extra = self.extra,
             private = self.private_targets,
             delivery = self.delivery,
             client = self.client,
-        );
-        std::fs::write(self.config.path(), text).unwrap();
+        )
     }
 
     pub fn topic(&self, suffix: &str) -> String {
@@ -436,9 +456,20 @@ impl Service {
 }
 
 impl Drop for Service {
+    /// A failing test shows what the service and the broker said last.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.logs();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- the service's log {} (last 60 lines)\n{}\n{}",
+                self.log.display(),
+                lines[lines.len().saturating_sub(60)..].join("\n"),
+                broker_log_tail()
+            );
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The Kafka-API broker the tests and runners use: Tansu 0.6.0 as a plain process
-//! (shared/BROKER.md), installed by `scripts/install-broker`; free ports; topic creation.
+//! The broker the tests and runners use: Apache Kafka in KRaft mode as a plain process
+//! (`scripts/broker`, shared/BROKER.md); free ports; topic creation.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
@@ -19,59 +20,84 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something accepts connections on `port`; panics after `timeout`.
-pub fn wait_for_port(port: u16, timeout: Duration) {
+/// `scripts/broker`, which installs the broker (`scripts/install-broker`) when it is missing.
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/broker")
+}
+
+/// The broker on `127.0.0.1:port` with its data in `data` (a restart keeps what was
+/// written), ready to be spawned. Its controller port is a free one the first time, then
+/// the one `data` was formatted with; the process exec's into the JVM, so killing the child
+/// kills the broker.
+pub fn command(port: u16, data: &Path) -> Command {
+    std::fs::create_dir_all(data).expect("the broker's data folder");
+    let mut command = Command::new(script());
+    command.arg(port.to_string()).arg(data);
+    if !data.join("server.properties").exists() {
+        command.arg(free_port().to_string());
+    }
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    command
+}
+
+/// Starts the broker (see [`command`]) and waits until it is ready.
+pub fn start(port: u16, data: &Path) -> Child {
+    let child = command(port, data).spawn().expect("start scripts/broker");
+    wait_ready(port, data, Duration::from_secs(120));
+    child
+}
+
+/// Waits until a metadata request on `port` names the broker; panics with the broker's log
+/// after `timeout`. The first start of a machine also installs the broker.
+pub fn wait_ready(port: u16, data: &Path, timeout: Duration) {
     let deadline = Instant::now() + timeout;
+    // Kafka 4 opens its listener once the broker is unfenced; waiting for the port first
+    // keeps librdkafka from logging a refused connection per try.
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "nothing listening on port {port} after {timeout:?}"
+            "the broker on port {port} did not start within {timeout:?}; its log:\n{}",
+            log_tail(data, 40)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// The broker binary: `TANSU_BIN`, else where `scripts/install-broker` puts it.
-pub fn tansu_binary() -> PathBuf {
-    if let Ok(bin) = std::env::var("TANSU_BIN") {
-        return PathBuf::from(bin);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .create()
+        .expect("a metadata client");
+    loop {
+        let named = consumer
+            .fetch_metadata(None, Duration::from_secs(2))
+            .map(|m| m.brokers().iter().any(|b| b.port() == i32::from(port)))
+            .unwrap_or(false);
+        if named {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker on port {port} names no broker in its metadata after {timeout:?}; its log:\n{}",
+            log_tail(data, 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let cache = std::env::var("SYSMOS_NOTIFY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/sysmos-notify")
-        });
-    let bin = cache.join("tansu-0.6.0/bin/tansu");
-    assert!(
-        bin.exists(),
-        "no broker at {}: run scripts/install-broker (or scripts/test)",
-        bin.display()
-    );
-    bin
 }
 
-/// The broker on `127.0.0.1:port` with its sqlite store in `data` (a restart keeps what was
-/// written), ready to be spawned.
-pub fn command(port: u16, data: &Path) -> Command {
-    std::fs::create_dir_all(data).expect("the broker's data folder");
-    let listener = format!("tcp://127.0.0.1:{port}");
-    let mut command = Command::new(tansu_binary());
-    // The sqlite path is relative to the working directory (shared/BROKER.md).
-    command
-        .current_dir(data)
-        .args(["broker", "--listener-url", &listener])
-        .args(["--advertised-listener-url", &listener])
-        .args(["--storage-engine", "sqlite://broker.db"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    command
-}
-
-/// Starts the broker (see [`command`]) and waits until it listens.
-pub fn start(port: u16, data: &Path) -> Child {
-    let child = command(port, data).spawn().expect("start tansu");
-    wait_for_port(port, Duration::from_secs(60));
-    child
+/// The last `lines` lines of the broker's log (`data/logs/server.log`), for a failure report.
+pub fn log_tail(data: &Path, lines: usize) -> String {
+    let mut text = String::new();
+    for name in ["server.log", "console.log"] {
+        let path = data.join("logs").join(name);
+        let Ok(log) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let all: Vec<&str> = log.lines().collect();
+        text.push_str(&format!("--- {} (last {lines} lines)\n", path.display()));
+        for line in &all[all.len().saturating_sub(lines)..] {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
 }
 
 /// Creates `topics` (name, compacted) with `partitions` each; a topic that exists is fine.

@@ -1,7 +1,7 @@
 //! The test kit: what the integration tests (`tests/integration`) and the runners in
 //! `examples/` (demo, chaos, bench) share.
 //!
-//! - `broker`: the Tansu broker process (shared/BROKER.md), free ports, topic creation.
+//! - `broker`: the Apache Kafka broker process (shared/BROKER.md), free ports, topic creation.
 //! - `receiver`: an HTTP endpoint that records every request and answers from scripts.
 //! - `limits`: fake providers enforcing their documented rate limits, counting their 429s.
 //! - `smtp`: a real SMTP server on a local port that records every message.
