@@ -10,7 +10,8 @@
 //! Options: `--events N` (20000), `--accounts M` (100), `--channels K` (3), `--delay-ms D`
 //! (0), `--rate R` (0: all events are loaded before the service starts, an alert storm; R > 0:
 //! the service runs first and events arrive at R per second), `--partitions P` (4),
-//! `--no-baseline`, `--tls` (the receivers speak TLS and offer HTTP/2, as providers do),
+//! `--no-baseline`, `--transactions` (a second baseline whose copies and read offsets are
+//! committed in Kafka transactions every 100 ms, as an exactly-once router would), `--tls` (the receivers speak TLS and offer HTTP/2, as providers do),
 //! `--env KEY=VALUE` (repeatable: service environment, e.g.
 //! `SYSMOS_NOTIFY__DELIVERY__MAX_IN_FLIGHT=2048`), `--client PROPERTY=VALUE` (repeatable:
 //! librdkafka properties for the service and the baseline alike, e.g. `linger.ms=20`).
@@ -36,7 +37,7 @@ use testkit::service::{now_ms, Instance, Setting};
 use testkit::tls;
 
 const USAGE: &str = "usage: scripts/bench [--events N] [--accounts M] [--channels K] [--delay-ms D]
-                     [--rate R] [--partitions P] [--no-baseline] [--tls]
+                     [--rate R] [--partitions P] [--no-baseline] [--transactions] [--tls]
                      [--env KEY=VALUE ...] [--client PROPERTY=VALUE ...]
 BENCHMARKS.md says what each option does and what the figures mean.";
 
@@ -52,6 +53,8 @@ struct Options {
     rate: u64,
     partitions: i32,
     baseline: bool,
+    /// A second pipe baseline whose fan-out is committed in Kafka transactions.
+    transactions: bool,
     /// Receivers over TLS offering HTTP/2 and HTTP/1.1 (ALPN), trusted by `delivery.ca_file`.
     tls: bool,
     env: Vec<(String, String)>,
@@ -68,6 +71,7 @@ fn options() -> Options {
         rate: 0,
         partitions: 4,
         baseline: true,
+        transactions: false,
         tls: false,
         env: Vec::new(),
         client: Vec::new(),
@@ -80,6 +84,10 @@ fn options() -> Options {
         }
         if flag == "--no-baseline" {
             o.baseline = false;
+            continue;
+        }
+        if flag == "--transactions" {
+            o.transactions = true;
             continue;
         }
         if flag == "--tls" {
@@ -402,14 +410,28 @@ struct PipeCost {
     cores: usize,
     broker_cpu: f64,
     pipe_cpu: f64,
+    /// Each copy's wait from its production to its consumption, sorted (ms).
+    visible_ms: Vec<i64>,
+    /// Transactions committed, and their mean commit time (read offsets sent with them).
+    commits: u64,
+    commit_ms: f64,
 }
+
+/// With `--transactions`, the pipe commits what it wrote and the offsets it read this often,
+/// as a router fanning out in transactions would.
+const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
 
 async fn pipe(
     kafka: &sysmos_notify::config::KafkaConfig,
     opts: &Options,
     broker_pid: u32,
+    transactions: bool,
 ) -> (u64, f64, PipeCost) {
-    let (source, sink) = ("bench.pipe.in", "bench.pipe.out");
+    let (source, sink, group) = if transactions {
+        ("bench.txpipe.in", "bench.txpipe.out", "bench.txpipe")
+    } else {
+        ("bench.pipe.in", "bench.pipe.out", "bench.pipe")
+    };
     create_topics(
         &kafka.brokers,
         opts.partitions,
@@ -420,16 +442,28 @@ async fn pipe(
         .create()
         .unwrap();
     produce(&producer, source, opts.events, opts.accounts, 0).await;
+    let producer: FutureProducer = if transactions {
+        let mut config = sysmos_notify::kafka::client::producer(kafka);
+        config.set("transactional.id", "bench.txpipe");
+        let producer: FutureProducer = config.create().unwrap();
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .expect("transactions: init");
+        producer.begin_transaction().expect("transactions: begin");
+        producer
+    } else {
+        producer
+    };
     let (broker_start, _) = usage(broker_pid);
     let (pipe_start, _) = usage(std::process::id());
     let machine_start = machine_ticks();
     let expected = opts.events * opts.channels;
-    let reader: StreamConsumer = sysmos_notify::kafka::client::group_consumer(kafka, "bench.pipe")
+    let reader: StreamConsumer = sysmos_notify::kafka::client::group_consumer(kafka, group)
         .create()
         .unwrap();
     reader.subscribe(&[source]).unwrap();
     let counter: StreamConsumer =
-        sysmos_notify::kafka::client::group_consumer(kafka, "bench.pipe.out")
+        sysmos_notify::kafka::client::group_consumer(kafka, &format!("{group}.out"))
             .create()
             .unwrap();
     counter.subscribe(&[sink]).unwrap();
@@ -442,9 +476,28 @@ async fn pipe(
         let first_read = first_read.clone();
         tokio::spawn(async move {
             let mut moved = 0;
+            let (mut commits, mut committing) = (0u64, Duration::ZERO);
+            let mut since_commit = Instant::now();
+            let commit = |producer: &FutureProducer, reader: &StreamConsumer| {
+                let offsets = reader.position().unwrap();
+                let group = reader.group_metadata().unwrap();
+                let t = Duration::from_secs(30);
+                tokio::task::block_in_place(|| {
+                    producer.send_offsets_to_transaction(&offsets, &group, t)?;
+                    producer.commit_transaction(t)?;
+                    producer.begin_transaction()
+                })
+                .expect("transactions: commit");
+            };
             while moved < expected {
                 let message = reader.recv().await.unwrap();
                 first_read.get_or_init(Instant::now);
+                if transactions && since_commit.elapsed() >= TRANSACTION_EVERY {
+                    let started = Instant::now();
+                    commit(&producer, &reader);
+                    (commits, committing) = (commits + 1, committing + started.elapsed());
+                    since_commit = Instant::now();
+                }
                 for k in 0..copies {
                     let key = format!("{k}");
                     let record = FutureRecord::to(sink)
@@ -463,15 +516,27 @@ async fn pipe(
                     moved += 1;
                 }
             }
+            if transactions {
+                let started = Instant::now();
+                commit(&producer, &reader);
+                (commits, committing) = (commits + 1, committing + started.elapsed());
+            }
             producer
                 .flush(Timeout::After(Duration::from_secs(60)))
                 .unwrap();
+            (commits, committing)
         })
     };
     let mut counted = 0;
+    let mut visible_ms = Vec::with_capacity(expected as usize);
     while counted < expected {
         match tokio::time::timeout(Duration::from_secs(60), counter.recv()).await {
-            Ok(Ok(_)) => counted += 1,
+            Ok(Ok(m)) => {
+                counted += 1;
+                if let Some(produced) = m.timestamp().to_millis() {
+                    visible_ms.push(now_ms() - produced);
+                }
+            }
             Ok(Err(e)) => panic!("pipe: {e}"),
             Err(_) => break,
         }
@@ -479,13 +544,20 @@ async fn pipe(
     let elapsed = first_read
         .get()
         .map_or(0.0, |started: &Instant| started.elapsed().as_secs_f64());
-    moving.abort();
     let machine = machine_ticks().since(&machine_start);
+    let (commits, committing) = match tokio::time::timeout(Duration::from_secs(5), moving).await {
+        Ok(Ok(done)) => done,
+        _ => (0, Duration::ZERO),
+    };
+    visible_ms.sort_unstable();
     let cost = PipeCost {
         busy: machine.busy,
         cores: machine.cores,
         broker_cpu: usage(broker_pid).0 - broker_start,
         pipe_cpu: usage(std::process::id()).0 - pipe_start,
+        visible_ms,
+        commits,
+        commit_ms: committing.as_secs_f64() * 1000.0 / commits.max(1) as f64,
     };
     (counted, counted as f64 / elapsed, cost)
 }
@@ -704,7 +776,7 @@ events_url = "{scheme}://127.0.0.1:{pagerduty}/v2/enqueue"
     }
 
     if opts.baseline {
-        let (moved, per_s, cost) = pipe(&kafka, &opts, setting.broker.id()).await;
+        let (moved, per_s, cost) = pipe(&kafka, &opts, setting.broker.id(), false).await;
         println!(
             "\npipe baseline (consume → produce ×{} → consume, same broker and client settings)",
             opts.channels
@@ -719,9 +791,41 @@ events_url = "{scheme}://127.0.0.1:{pagerduty}/v2/enqueue"
             cost.pipe_cpu
         );
         println!(
+            "  produce→consume:      p50 {} ms, p99 {} ms",
+            percentile(&cost.visible_ms, 50),
+            percentile(&cost.visible_ms, 99)
+        );
+        println!(
             "  service / baseline:   {:.0}%",
             100.0 * deliveries_per_s / per_s
         );
+        if opts.transactions {
+            let (tx_moved, tx_per_s, tx) = pipe(&kafka, &opts, setting.broker.id(), true).await;
+            println!(
+                "\npipe in transactions (the same, the copies and the read offsets committed together every {TRANSACTION_EVERY:?})"
+            );
+            println!("  moved:                {tx_moved} of {expected}");
+            println!(
+                "  messages/s:           {tx_per_s:.0} ({:.0}% of the plain pipe)",
+                100.0 * tx_per_s / per_s
+            );
+            println!(
+                "  commits:              {}, {:.1} ms each on average",
+                tx.commits, tx.commit_ms
+            );
+            println!(
+                "  produce→consume:      p50 {} ms, p99 {} ms (read_committed: a copy is seen once its transaction commits)",
+                percentile(&tx.visible_ms, 50),
+                percentile(&tx.visible_ms, 99)
+            );
+            println!(
+                "  machine while it ran: {:.0}% of {} cores busy; CPU s: broker {:.1}, bench process (the pipe) {:.1}",
+                100.0 * tx.busy,
+                tx.cores,
+                tx.broker_cpu,
+                tx.pipe_cpu
+            );
+        }
     }
     setting.stop_broker();
     // The broker's data is gigabytes after a million events; the logs stay for a look.

@@ -363,7 +363,7 @@ allow_private_targets = true
         limit.limited()
     );
     println!(
-        "routed twice:        {repeated_records} delivery records written again by a router that died before its offset was committed"
+        "routed twice:        {repeated_records} delivery records written again (events read again after a kill, a rebalance or the broker restart)"
     );
     println!(
         "seconds:             {:.0} (production {}s, drain to the last delivery {:.0}s)",

@@ -2,6 +2,10 @@
 //! delivers alerts to all five channel types — local fake Slack, Discord and PagerDuty APIs,
 //! two webhooks (one answers 503 once, so its alert goes through retry tier 1) and a local
 //! SMTP server — printing each request as the provider receives it.
+//!
+//! It starts its own broker (`testkit::broker`, on `DEMO_PORT` or a free port) in a work
+//! folder (`DEMO_DIR`, else a new one under the temporary folder) that keeps the service's
+//! log (`service.log`, level from `RUST_LOG`) and the broker's (`broker/logs/server.log`).
 
 use std::time::{Duration, Instant};
 
@@ -59,9 +63,57 @@ fn describe_mail(mail: &Mail) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let brokers = std::env::var("DEMO_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
-    sysmos_notify::telemetry::init();
     let start = Instant::now();
+    let work = match std::env::var_os("DEMO_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => tempfile::Builder::new()
+            .prefix("sysmos-notify-demo-")
+            .tempdir()?
+            .keep(),
+    };
+    let service_log = work.join("service.log");
+    log_to(&service_log)?;
+    let port = std::env::var("DEMO_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(testkit::broker::free_port);
+    let broker_data = work.join("broker");
+    println!(
+        "starting Apache Kafka on 127.0.0.1:{port}; logs: {} and {}",
+        service_log.display(),
+        broker_data.join("logs/server.log").display()
+    );
+    let mut broker = tokio::task::spawn_blocking({
+        let data = broker_data.clone();
+        move || testkit::broker::start(port, &data)
+    })
+    .await?;
+    println!("[{:>5.1}s] broker ready", start.elapsed().as_secs_f64());
+    let brokers = format!("127.0.0.1:{port}");
+    let outcome = demo(&brokers, start).await;
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let _ = std::fs::remove_dir_all(broker_data.join("kafka"));
+    if outcome.is_err() {
+        eprintln!("the service's log: {}", service_log.display());
+    }
+    outcome
+}
+
+/// The service's log goes to `path`, not among the demo's lines.
+fn log_to(path: &std::path::Path) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+    Ok(())
+}
+
+async fn demo(brokers: &str, start: Instant) -> anyhow::Result<()> {
     let providers = Receiver::start().await;
     providers.respond_when("/flaky", vec![Reply::status(503)], Reply::status(200));
     providers.respond_when(
@@ -78,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     let base = providers.base.clone();
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let env = [
-        ("SYSMOS_NOTIFY__KAFKA__BROKERS", brokers.clone()),
+        ("SYSMOS_NOTIFY__KAFKA__BROKERS", brokers.to_owned()),
         ("SYSMOS_NOTIFY__KAFKA__PARTITIONS", "2".into()),
         ("SYSMOS_NOTIFY__RETRY__DELAYS", "3s,10s,30s".into()),
         (
@@ -104,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         mail.url()
     );
 
-    let client = |c: &mut ClientConfig| c.set("bootstrap.servers", &brokers).clone();
+    let client = |c: &mut ClientConfig| c.set("bootstrap.servers", brokers).clone();
     let producer: FutureProducer = client(&mut ClientConfig::new()).create()?;
     // The upstream products' topics (the broker does not create topics on first use).
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
