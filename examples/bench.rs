@@ -620,14 +620,15 @@ partitions = {partitions}
 [delivery]
 timeout = "10s"
 allow_private_targets = true
-ca_file = {ca_file:?}
+{ca_file}
 [channels.slack]
 api_base_url = "{scheme}://127.0.0.1:{slack}/api"
 [channels.pagerduty]
 events_url = "{scheme}://127.0.0.1:{pagerduty}/v2/enqueue"
 "#,
+            // Left out without TLS: an empty `ca_file` is refused.
             ca_file = if opts.tls {
-                tls::ca_file()
+                format!("ca_file = {:?}", tls::ca_file())
             } else {
                 String::new()
             },
