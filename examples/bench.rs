@@ -417,6 +417,18 @@ struct PipeCost {
     commit_ms: f64,
 }
 
+impl PipeCost {
+    fn print_machine(&self) {
+        println!(
+            "  machine while it ran: {:.0}% of {} cores busy; CPU s: broker {:.1}, bench process (the pipe) {:.1}",
+            100.0 * self.busy,
+            self.cores,
+            self.broker_cpu,
+            self.pipe_cpu
+        );
+    }
+}
+
 /// With `--transactions`, the pipe commits what it wrote and the offsets it read this often,
 /// as a router fanning out in transactions would.
 const TRANSACTION_EVERY: Duration = Duration::from_millis(100);
@@ -784,13 +796,7 @@ events_url = "{scheme}://127.0.0.1:{pagerduty}/v2/enqueue"
         );
         println!("  moved:                {moved} of {expected}");
         println!("  messages/s:           {per_s:.0}");
-        println!(
-            "  machine while it ran: {:.0}% of {} cores busy; CPU s: broker {:.1}, bench process (the pipe) {:.1}",
-            100.0 * cost.busy,
-            cost.cores,
-            cost.broker_cpu,
-            cost.pipe_cpu
-        );
+        cost.print_machine();
         println!(
             "  produce→consume:      p50 {} ms, p99 {} ms",
             percentile(&cost.visible_ms, 50),
@@ -819,13 +825,7 @@ events_url = "{scheme}://127.0.0.1:{pagerduty}/v2/enqueue"
                 percentile(&tx.visible_ms, 50),
                 percentile(&tx.visible_ms, 99)
             );
-            println!(
-                "  machine while it ran: {:.0}% of {} cores busy; CPU s: broker {:.1}, bench process (the pipe) {:.1}",
-                100.0 * tx.busy,
-                tx.cores,
-                tx.broker_cpu,
-                tx.pipe_cpu
-            );
+            tx.print_machine();
         }
     }
     setting.stop_broker();
