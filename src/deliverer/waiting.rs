@@ -75,7 +75,11 @@ impl Deliverer {
                 .not_before
                 .and_then(|turn| (Utc::now() - turn).to_std().ok())
                 .unwrap_or_default();
-            if self.pacer.claim(needs, now, late) {
+            let claimed = self.pacer.claim(needs, now, late);
+            tracing::debug!(account = %record.account_id, channel = %record.channel_id,
+                delivery = %record.delivery_id, late_ms = late.as_millis() as u64, claimed,
+                "back from waiting in a retry tier");
+            if claimed {
                 return Turn::Now;
             }
         }

@@ -288,3 +288,113 @@ fn a_bucket_taken_over_busy_resumes_at_its_pace_and_a_quiet_one_keeps_its_burst(
         "no pace: no limit"
     );
 }
+
+/// A provider's token bucket at exactly `per_second`: how many of `requests` (sorted, from
+/// the start) it refuses.
+fn refused_by_provider(requests: &[Duration], per_second: f64, burst: f64) -> usize {
+    let (mut tokens, mut at, mut refused) = (burst, 0.0, 0);
+    for request in requests {
+        let t = request.as_secs_f64();
+        tokens = (tokens + (t - at) * per_second).min(burst);
+        at = t;
+        if tokens >= 1.0 - 1e-9 {
+            tokens -= 1.0;
+        } else {
+            refused += 1;
+        }
+    }
+    refused
+}
+
+/// Deliveries offered at twice a bucket's pace of 20/s for 10 s, through the pacer: one that
+/// would wait more than 0.5 s is parked and comes back on time, a little late, or seconds
+/// late (as after a broker restart). Its requests, sorted, from the start.
+struct Storm {
+    pacer: Pacer,
+    bucket: [Need; 1],
+    start: Instant,
+    rng: u64,
+    /// (back at, its reserved turn) of each parked delivery.
+    parked: Vec<(Duration, Duration)>,
+    requests: Vec<Duration>,
+}
+
+impl Storm {
+    fn run(burst: u32, seed: u64) -> Vec<Duration> {
+        let mut storm = Storm {
+            pacer: Pacer::default(),
+            bucket: [need("hook", pace("20/1s", burst))],
+            start: Instant::now(),
+            rng: seed | 1,
+            parked: Vec::new(),
+            requests: Vec::new(),
+        };
+        let mut now = Duration::ZERO;
+        while now < Duration::from_secs(10) || !storm.parked.is_empty() {
+            storm.back_by(now);
+            if now < Duration::from_secs(10) {
+                storm.take_turn(now);
+            }
+            now += ms(25);
+        }
+        storm.requests.sort();
+        storm.requests
+    }
+
+    fn random(&mut self, n: u64) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % n
+    }
+
+    fn take_turn(&mut self, at: Duration) {
+        let wait = self
+            .pacer
+            .turn(&self.bucket, self.start + at, HOUR)
+            .unwrap();
+        if wait <= ms(500) {
+            return self.requests.push(at + wait);
+        }
+        self.pacer.park(&self.bucket);
+        let late = match self.random(4) {
+            0 | 1 => Duration::ZERO,
+            2 => ms(self.random(200)),
+            _ => ms(1000 + self.random(4000)),
+        };
+        self.parked.push((at + wait + late, at + wait));
+    }
+
+    fn back_by(&mut self, now: Duration) {
+        // In the order they come back: time runs forward for the pacer.
+        loop {
+            self.parked
+                .sort_by_key(|(back, _)| std::cmp::Reverse(*back));
+            if self.parked.last().is_none_or(|(back, _)| *back > now) {
+                break;
+            }
+            let (back, turn) = self.parked.pop().expect("one back");
+            if self
+                .pacer
+                .claim(&self.bucket, self.start + back, back - turn)
+            {
+                self.requests.push(back);
+            } else {
+                self.take_turn(back);
+            }
+        }
+    }
+}
+
+#[test]
+fn parked_deliveries_back_on_time_or_late_never_go_over_the_pace() {
+    for seed in 1..=20 {
+        let requests = Storm::run(20, seed);
+        assert_eq!(requests.len(), 400, "seed {seed}: every delivery made");
+        assert_eq!(
+            refused_by_provider(&requests, 20.0, 20.0),
+            0,
+            "seed {seed}: never over the provider's bucket"
+        );
+    }
+}

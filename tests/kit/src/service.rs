@@ -54,6 +54,13 @@ impl Setting {
     }
 }
 
+/// A runner that panics leaves no broker behind to skew the next measurement.
+impl Drop for Setting {
+    fn drop(&mut self) {
+        self.stop_broker();
+    }
+}
+
 /// One service instance: the binary with a config, its own metrics port, its log file.
 pub struct Instance {
     pub name: &'static str,
@@ -114,5 +121,11 @@ impl Instance {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let _ = child.wait();
         }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
