@@ -1,17 +1,22 @@
-//! `scripts/chaos`: nothing lost under faults. Events flow for a while to webhook receivers
-//! that fail at random (at most twice per delivery, so every delivery can succeed within the
-//! retry tiers), while two service instances share one consumer group. The last channel is
-//! rate-limited: its settings carry a `rate` of the event rate (below what the retries need) and its
-//! receiver enforces that limit with 429 and `Retry-After`, so a backlog waits for its bucket
-//! (in memory and in the retry tiers) through the faults, and a restarted instance's full
-//! bucket meets the receiver's empty one. At random moments an
-//! instance is killed with SIGKILL and restarted, the second instance leaves and rejoins, and
-//! the broker is restarted once. Then it waits for the pipeline to drain (until every delivery
-//! has arrived, or none has for a minute) and prints what was
-//! produced, expected, delivered, lost (must be 0) and duplicated, and the longest delay.
+//! `scripts/chaos`: nothing lost, and no false dead letter, under faults. Events of several
+//! accounts flow for a while to webhook receivers on one host (as many tenants' hooks share
+//! one), which fail at random (503, at most twice per delivery, so every delivery can succeed
+//! within the retry tiers) and are slow for a few seconds at random (answers after up to 5 s,
+//! past the 3 s request timeout), while two service instances share one consumer group. Each
+//! account's last channel is rate-limited: its settings carry a `rate` of the account's event
+//! rate (below what the retries need) and the receiver enforces that limit with 429 and
+//! `Retry-After`, so a backlog waits for its bucket (in memory and in the retry tiers) through
+//! the faults, and a restarted instance's full bucket meets the receiver's empty one. At random
+//! moments an instance is killed with SIGKILL and restarted, the second instance leaves and
+//! rejoins, and the broker is restarted once. Then it waits for the pipeline to drain (until
+//! every delivery has arrived, or none has for a minute) and prints what was produced,
+//! expected, delivered, lost (must be 0) and duplicated, the dead letters by what they are
+//! (an attempt that timed out and that the receiver processed anyway, or an answered delivery
+//! whose `P.handled` mark a kill prevented; any other is a false dead letter, which fails the
+//! run), and the longest delay.
 //!
-//! Options: `--duration SECONDS` (120), `--rate EVENTS_PER_SECOND` (20), `--channels K` (2),
-//! `--seed N`. Environment: `SYSMOS_BIN` (the service binary).
+//! Options: `--duration SECONDS` (75), `--rate EVENTS_PER_SECOND` (20), `--accounts N` (20),
+//! `--channels K` (2), `--seed N`. Environment: `SYSMOS_BIN` (the service binary).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,14 +54,16 @@ impl Rng {
 struct Options {
     duration: Duration,
     rate: u64,
+    accounts: u64,
     channels: usize,
     seed: u64,
 }
 
 fn options() -> Options {
     let mut o = Options {
-        duration: Duration::from_secs(120),
+        duration: Duration::from_secs(75),
         rate: 20,
+        accounts: 20,
         channels: 2,
         seed: 7,
     };
@@ -69,6 +76,7 @@ fn options() -> Options {
         match pair[0].as_str() {
             "--duration" => o.duration = Duration::from_secs(number),
             "--rate" => o.rate = number.max(1),
+            "--accounts" => o.accounts = number.max(1),
             "--channels" => o.channels = number.max(1) as usize,
             "--seed" => o.seed = number.max(1),
             other => panic!("unknown option {other}"),
@@ -98,19 +106,27 @@ async fn main() {
     );
     let mut rng = Rng(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
 
-    // Receivers: each delivery fails at random at most twice, then is answered 200; the
-    // paced channel's receiver first answers 429 past its limit.
+    // Receivers: each delivery fails at random at most twice, then is answered 200; each
+    // account's paced channel first answers 429 past its limit; while `slow_until` lies
+    // ahead, answers come after up to 5 s.
     let seen = Arc::new(Mutex::new(Seen::default()));
     let receiver = Receiver::start().await;
     let decide = seen.clone();
     let failing = Arc::new(Mutex::new(Rng(opts.seed + 1)));
     let paced = opts.channels - 1;
-    let pace = opts.rate as u32;
+    let pace = opts.rate.div_ceil(opts.accounts) as u32;
     let limit = Enforced::new(Limit::webhook(pace));
     let enforce = limit.clone();
     let paced_path = format!("/c{paced}");
+    let slow_until = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let slow = slow_until.clone();
     receiver.respond_by(Arc::new(move |request| {
-        if request.path == paced_path {
+        let after = if now_ms() < slow.load(std::sync::atomic::Ordering::Relaxed) {
+            Duration::from_millis(failing.lock().unwrap().below(5000))
+        } else {
+            Duration::ZERO
+        };
+        if request.path.ends_with(&paced_path) {
             let answer = enforce.answer(request);
             if answer.status == 429 {
                 return answer;
@@ -125,7 +141,7 @@ async fn main() {
         let failures = seen.failures.get(&id).copied().unwrap_or(0);
         if failures < 2 && failing.lock().unwrap().below(100) < 30 {
             seen.failures.insert(id, failures + 1);
-            return Reply::status(503);
+            return Reply::status(503).after(after);
         }
         let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
         let produced = body["alert"]["produced_at_ms"]
@@ -136,7 +152,7 @@ async fn main() {
         seen.delay_ms
             .entry(id)
             .or_insert((path, now_ms() - produced));
-        Reply::status(200)
+        Reply::status(200).after(after)
     }));
 
     let config = work.join("chaos.toml");
@@ -154,7 +170,8 @@ partitions = 4
 [retry]
 delays = ["1s", "2s", "3s"]
 [delivery]
-timeout = "2s"
+timeout = "3s"
+breaker_cooldown = "5s"
 allow_private_targets = true
 "#
         ),
@@ -178,26 +195,31 @@ allow_private_targets = true
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
-    let channels: Vec<_> = (0..opts.channels)
-        .map(|k| {
-            let mut channel = json!({"id": format!("hook{k}"), "type": "webhook", "url": format!("{}/c{k}", receiver.base)});
-            if k == paced {
-                channel["rate"] = json!(format!("{pace}/1s"));
-            }
-            channel
-        })
-        .collect();
-    let account = json!({"account_id": "acc", "version": 1, "channels": channels}).to_string();
-    producer
-        .send(
-            FutureRecord::to("chaos.notify.config")
-                .key("acc")
-                .payload(&account),
-            Duration::from_secs(60),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    for a in 0..opts.accounts {
+        let account_id = format!("acc{a}");
+        let channels: Vec<_> = (0..opts.channels)
+            .map(|k| {
+                let url = format!("{}/{account_id}/c{k}", receiver.base);
+                let mut channel = json!({"id": format!("hook{k}"), "type": "webhook", "url": url});
+                if k == paced {
+                    channel["rate"] = json!(format!("{pace}/1s"));
+                }
+                channel
+            })
+            .collect();
+        let account =
+            json!({"account_id": account_id, "version": 1, "channels": channels}).to_string();
+        producer
+            .send(
+                FutureRecord::to("chaos.notify.config")
+                    .key(&account_id)
+                    .payload(&account),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
 
     let log_filter = std::env::var("CHAOS_SERVICE_LOG").unwrap_or_else(|_| "warn".into());
     let mut instances = [Instance::new("a"), Instance::new("b")];
@@ -205,9 +227,10 @@ allow_private_targets = true
         instance.start(&bin, &config, &work, &log_filter);
     }
     println!(
-        "chaos: {}s at {} events/s, {} webhook channels per event (hook{paced} paced at {pace}/s), seed {}; broker {brokers}; logs in {}",
+        "chaos: {}s at {} events/s, {} accounts on one host, {} webhook channels per event (hook{paced} paced at {pace}/s per account), seed {}; broker {brokers}; logs in {}",
         opts.duration.as_secs(),
         opts.rate,
+        opts.accounts,
         opts.channels,
         opts.seed,
         work.display()
@@ -218,6 +241,7 @@ allow_private_targets = true
     let producing = {
         let producer = producer.clone();
         let interval = Duration::from_micros(1_000_000 / opts.rate);
+        let accounts = opts.accounts;
         tokio::spawn(async move {
             let mut produced = 0u64;
             let mut tick = tokio::time::interval(interval);
@@ -225,7 +249,7 @@ allow_private_targets = true
                 tick.tick().await;
                 let monitor = format!("mon_{}", i % 16);
                 let event = json!({"event": "monitor.down", "event_id": format!("evt_{i}"),
-                    "account_id": "acc", "occurred_at": chrono::Utc::now().to_rfc3339(),
+                    "account_id": format!("acc{}", i % accounts), "occurred_at": chrono::Utc::now().to_rfc3339(),
                     "monitor": {"id": monitor, "name": "Chaos API"},
                     "alert": {"status": "down", "produced_at_ms": now_ms()}})
                 .to_string();
@@ -268,7 +292,16 @@ allow_private_targets = true
             broker_restarted = true;
             continue;
         }
-        match rng.below(3) {
+        match rng.below(4) {
+            3 => {
+                let lasts = Duration::from_secs(3 + rng.below(4));
+                println!(
+                    "[{:>5.1}s] receivers: slow for {lasts:?} (answers after up to 5 s)",
+                    started.elapsed().as_secs_f64()
+                );
+                let until = now_ms() + lasts.as_millis() as i64;
+                slow_until.store(until, std::sync::atomic::Ordering::Relaxed);
+            }
             0 | 1 => {
                 let which = rng.below(2) as usize;
                 println!(
@@ -315,7 +348,8 @@ allow_private_targets = true
     // Late duplicates from work repeated after the last kill would show up now.
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| instances.iter_mut().for_each(Instance::terminate));
-    let reasons = dead_letter_reasons(&brokers, "chaos.notify.dlq");
+    let letters = read_dead_letters(&brokers, "chaos.notify.dlq");
+    let reasons = dead_letter_reasons(&letters);
     let backlog = [
         ("chaos", "chaos.monitor.alerts"),
         ("chaos.deliveries", "chaos.notify.deliveries"),
@@ -331,7 +365,7 @@ allow_private_targets = true
             .flat_map(|i| (0..opts.channels).map(move |k| (i, k)))
             .map(|(i, k)| {
                 sysmos_notify::model::delivery::delivery_id(
-                    "acc",
+                    &format!("acc{}", i % opts.accounts),
                     &format!("evt_{i}"),
                     &format!("hook{k}"),
                 )
@@ -366,7 +400,28 @@ allow_private_targets = true
         let sample: Vec<&str> = repeated.iter().take(5).map(|id| id.as_str()).collect();
         println!("  e.g. {}", sample.join(" "));
     }
+    // What each dead letter is: one of the two cases the README explains, or a false one.
+    let (mut timed_out, mut unmarked, mut false_letters) = (0, 0, Vec::new());
+    for letter in &letters {
+        let id = letter["delivery"]["delivery_id"]
+            .as_str()
+            .unwrap_or_default();
+        match (
+            seen.successes.contains_key(id),
+            letter["may_have_arrived"].as_bool().unwrap_or(false),
+        ) {
+            (true, true) => timed_out += 1,
+            (true, false) => unmarked += 1,
+            (false, _) => false_letters.push(id.to_owned()),
+        }
+    }
     println!("dead letters:        {dead_letters}");
+    println!("  timed out, processed by the receiver anyway (may_have_arrived): {timed_out}");
+    println!("  answered, its P.handled mark prevented by a kill:              {unmarked}");
+    println!(
+        "  false (the receiver never accepted it):                          {}",
+        false_letters.len()
+    );
     println!(
         "rate-limit answers:  {} (hook{paced}, paced at {pace}/s)",
         limit.limited()
@@ -388,7 +443,7 @@ allow_private_targets = true
         let mut delays: Vec<i64> = seen
             .delay_ms
             .values()
-            .filter(|(p, _)| *p == path)
+            .filter(|(p, _)| p.ends_with(&path))
             .map(|(_, ms)| *ms)
             .collect();
         delays.sort_unstable();
@@ -414,8 +469,12 @@ allow_private_targets = true
             println!("  missing {line}");
         }
     }
-    if lost > 0 || dead_letters > 0 {
-        eprintln!("chaos: FAILED: {lost} deliveries lost, {dead_letters} dead letters");
+    if lost > 0 || !false_letters.is_empty() {
+        eprintln!(
+            "chaos: FAILED: {lost} deliveries lost, {} false dead letters (e.g. {:?})",
+            false_letters.len(),
+            false_letters.iter().take(3).collect::<Vec<_>>()
+        );
         std::process::exit(1);
     }
 }
@@ -431,16 +490,21 @@ fn kafka_settings(brokers: &str) -> sysmos_notify::config::KafkaConfig {
         .kafka
 }
 
-/// The dead letters' reasons and attempts, with how many times each occurred.
-fn dead_letter_reasons(brokers: &str, topic: &str) -> Vec<(String, usize)> {
+/// Every dead letter of `topic`, as JSON; a record that cannot be read counts as `null`.
+fn read_dead_letters(brokers: &str, topic: &str) -> Vec<serde_json::Value> {
     use rdkafka::Message;
-    let Ok(records) = sysmos_notify::ops::read_topic(&kafka_settings(brokers), topic) else {
-        return vec![("the DLQ could not be read".into(), 0)];
-    };
+    let records = sysmos_notify::ops::read_topic(&kafka_settings(brokers), topic)
+        .expect("the DLQ can be read");
+    records
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default())
+        .collect()
+}
+
+/// The dead letters' reasons and attempts, with how many times each occurred.
+fn dead_letter_reasons(letters: &[serde_json::Value]) -> Vec<(String, usize)> {
     let mut reasons: HashMap<String, usize> = HashMap::new();
-    for m in records {
-        let letter: serde_json::Value =
-            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+    for letter in letters {
         let reason = letter["reason"].as_str().unwrap_or("unreadable").to_owned();
         let errors: Vec<String> = letter["delivery"]["attempts"]
             .as_array()

@@ -208,6 +208,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .unwrap_or(Duration::from_secs(15)),
         waiting: Arc::new(Semaphore::new(WAITING_ROOM)),
         gatherings: Default::default(),
+        dead_letters: Default::default(),
+        tasks: tokio_util::task::TaskTracker::new(),
         max_pending: chrono::Duration::from_std(config.delivery.max_pending)
             .unwrap_or(chrono::Duration::MAX),
         drain,
@@ -216,7 +218,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let routing = tokio::spawn(router.run(router_consumer.clone(), shutdown.clone(), drain));
     let delivering = tokio::spawn(deliverer.run(deliverer_consumer.clone(), shutdown.clone()));
     let verifying = tokio::spawn(verifier.run(verifier_consumer.clone(), shutdown.clone()));
-    let _ = tokio::join!(routing, delivering, verifying);
+    let ended = supervise(
+        [
+            ("router", routing),
+            ("deliverer", delivering),
+            ("verifier", verifying),
+        ],
+        &shutdown,
+    )
+    .await;
 
     commit_stored(&router_consumer, "router").await;
     commit_stored(&deliverer_consumer, "deliverer").await;
@@ -224,8 +234,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     output.flush(Duration::from_secs(10)).await;
     leave_groups(vec![router_consumer, deliverer_consumer, verifier_consumer]).await;
     let _ = tokio::join!(reader, markers_reader, handled, admin_server);
+    if let Some(error) = ended {
+        tracing::error!(%error, "stopped because a loop ended: exiting with an error so the process is restarted");
+        return Err(error);
+    }
     tracing::info!("stopped: in-flight work finished and offsets committed");
     Ok(())
+}
+
+/// Waits for the service's loops. They end only when `shutdown` is cancelled; the first to
+/// end before that (returned, or panicked) cancels it, so the others drain and stop too, and
+/// is the error `run` returns: a process with a dead loop must not stay up looking healthy.
+async fn supervise(
+    loops: [(&'static str, tokio::task::JoinHandle<()>); 3],
+    shutdown: &CancellationToken,
+) -> Option<anyhow::Error> {
+    let (names, handles): (Vec<_>, Vec<_>) = loops.into_iter().unzip();
+    let (first, index, rest) = futures::future::select_all(handles).await;
+    let ended = (!shutdown.is_cancelled()).then(|| {
+        let name = names[index];
+        match first {
+            Ok(()) => anyhow::anyhow!("the {name} loop ended before shutdown"),
+            Err(error) => anyhow::anyhow!("the {name} loop failed: {error}"),
+        }
+    });
+    shutdown.cancel();
+    for (name, result) in names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, name)| name)
+        .zip(futures::future::join_all(rest).await)
+    {
+        if let Err(error) = result {
+            tracing::error!(loop_name = name, %error, "a loop failed while stopping");
+        }
+    }
+    ended
 }
 
 /// How long leaving the consumer groups may take at shutdown.
@@ -247,5 +292,57 @@ async fn leave_groups(consumers: Vec<Arc<kafka::context::GroupConsumer>>) {
             "leaving the consumer groups took longer than {LEAVE_TIMEOUT:?}; exiting anyway \
              (offsets are committed; the broker drops the members after their session timeout)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn until_stopped(shutdown: CancellationToken) {
+        shutdown.cancelled().await;
+    }
+
+    #[tokio::test]
+    async fn the_first_loop_to_end_stops_the_others_and_is_the_error() {
+        let shutdown = CancellationToken::new();
+        let ended = supervise(
+            [
+                ("router", tokio::spawn(until_stopped(shutdown.clone()))),
+                ("deliverer", tokio::spawn(async {})),
+                ("verifier", tokio::spawn(until_stopped(shutdown.clone()))),
+            ],
+            &shutdown,
+        )
+        .await;
+        assert!(shutdown.is_cancelled(), "the others were told to stop");
+        let error = ended.expect("an early end is an error").to_string();
+        assert_eq!(error, "the deliverer loop ended before shutdown");
+
+        let shutdown = CancellationToken::new();
+        let ended = supervise(
+            [
+                ("router", tokio::spawn(until_stopped(shutdown.clone()))),
+                ("deliverer", tokio::spawn(until_stopped(shutdown.clone()))),
+                ("verifier", tokio::spawn(async { panic!("boom") })),
+            ],
+            &shutdown,
+        )
+        .await;
+        let error = ended.expect("a panic is an error").to_string();
+        assert!(error.starts_with("the verifier loop failed"), "{error}");
+
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let ended = supervise(
+            [
+                ("router", tokio::spawn(async {})),
+                ("deliverer", tokio::spawn(async {})),
+                ("verifier", tokio::spawn(async {})),
+            ],
+            &shutdown,
+        )
+        .await;
+        assert!(ended.is_none(), "loops that end at shutdown are no error");
     }
 }

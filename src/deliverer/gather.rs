@@ -213,7 +213,7 @@ impl Deliverer {
         shutdown: &CancellationToken,
     ) {
         let (this, shutdown) = (self.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let Some(unfinished) = this.unfinished_slot(&shutdown).await else {
                 return;
             };

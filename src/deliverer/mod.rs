@@ -6,6 +6,7 @@
 //! loop: a retry tier holds a delivery that is not yet due by pausing only its partition, so
 //! other partitions and topics keep flowing while it waits.
 
+pub(crate) mod dead_letters;
 mod gather;
 mod pipeline;
 mod plan;
@@ -31,7 +32,7 @@ use crate::ledger::{InFlight, Journal, Ledger};
 use crate::metrics::Metrics;
 use crate::model::DeliveryRecord;
 use crate::pacing::Pacer;
-use crate::retry::{self, Step};
+use crate::retry;
 use crate::settings_cache::SettingsCache;
 
 pub struct Deliverer {
@@ -68,6 +69,10 @@ pub struct Deliverer {
     pub gatherings: gather::Gatherings,
     /// How long deliveries in flight at shutdown may take to finish.
     pub drain: Duration,
+    /// Every task of a delivery in flight, waited for (up to `drain`) at shutdown.
+    pub tasks: TaskTracker,
+    /// The dead letters logged one by one, and the summary of the rest.
+    pub(crate) dead_letters: dead_letters::DeadLetters,
 }
 
 /// Deliveries that may wait in memory for their bucket at once; more wait in a retry tier.
@@ -82,7 +87,8 @@ pub const UNFINISHED_PER_ATTEMPT: usize = 2;
 impl Deliverer {
     /// Reads until `shutdown`, then gives the deliveries in flight up to `self.drain`.
     pub async fn run(self: Arc<Self>, consumer: Arc<GroupConsumer>, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
+        let tracker = self.tasks.clone();
+        let summaries = tokio::spawn(self.clone().summarise_dead_letters(shutdown.clone()));
         while let Some((message, pos)) = next_owned(&consumer, &shutdown).await {
             let record = match plan::decode(&message) {
                 Ok(record) => record,
@@ -129,8 +135,7 @@ impl Deliverer {
                             let Some(unfinished) = this.unfinished_slot(&shutdown).await else {
                         return;
                     };
-                            let step = retry::park(left, &this.delays, now)
-                                .unwrap_or(Step::Retry { tier, not_before: due });
+                            let step = retry::park(left, &this.delays, now);
                             this.finish_with(record, step, consumer, pos).await;
                             return drop(unfinished);
                         }
@@ -167,6 +172,20 @@ impl Deliverer {
             .is_err()
         {
             tracing::warn!("deliveries still in flight at the drain deadline; they will be repeated after restart");
+        }
+        summaries.abort();
+        self.dead_letters
+            .log_ended(std::time::Instant::now() + Duration::from_secs(60));
+    }
+
+    /// Logs the summary of each minute's dead letters not logged one by one, as it ends.
+    async fn summarise_dead_letters(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tick.tick() => self.dead_letters.log_ended(std::time::Instant::now()),
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! the offset unstored, so the record is read again after a restart.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::message::OwnedMessage;
@@ -16,14 +16,14 @@ use super::gather::Rider;
 use super::plan::{self, Outputs, Unreadable};
 use super::waiting::Turn;
 use super::Deliverer;
-use crate::delivery::{pagerduty, Attempted, Outcome};
+use crate::delivery::{pagerduty, Attempted, Opened, Outcome};
 use crate::kafka::context::{finish, owns, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::OutRecord;
 use crate::ledger::{Handled, Read, Verdict};
 use crate::model::{incident_key, Channel, ChannelKind, DeliveryRecord, Fate};
 use crate::pacing::{self, Need};
-use crate::retry::{after_skip, next_step, Step};
+use crate::retry::{after_skip, next_step, spread, Step};
 
 impl Deliverer {
     /// Handles one record read from a delivery topic, holding `unfinished` until its offset
@@ -161,10 +161,21 @@ impl Deliverer {
             if let Some(wait) = attempted.hold {
                 self.hold(&needs, wait, false);
             }
-            if attempted.opened_circuit {
+            let (account, channel_id) = (&records[0].account_id, &records[0].channel_id);
+            match attempted.opened {
+                Some(Opened::Endpoint) => {
+                    tracing::warn!(account = %account, channel = %channel_id, channel_type = kind,
+                    "circuit opened: this channel's endpoint does not answer; its deliveries wait in the retry tiers until a probe is answered (no retry used up)")
+                }
+                Some(Opened::Host) => {
+                    tracing::warn!(account = %account, channel = %channel_id, channel_type = kind,
+                    host = %crate::delivery::destination(&channel.kind),
+                    "host held: it cannot be reached (connection refused, DNS or TLS failure); every delivery to it waits in the retry tiers until a probe is answered (no retry used up)")
+                }
+                None => {}
+            }
+            if attempted.opened.is_some() {
                 self.metrics.circuit_opened(kind);
-                tracing::warn!(account = %records[0].account_id, channel = %records[0].channel_id, channel_type = kind,
-                    "circuit opened: this destination's deliveries wait in the retry tiers until a probe succeeds");
             }
         }
         if let Ok(Attempted {
@@ -204,7 +215,12 @@ impl Deliverer {
         drop(slot);
         let mut records = records.into_iter();
         let leader = records.next().expect("the leader");
-        let attempt = (&sent, &channel, at, elapsed);
+        // A digest is retried as one message: its alerts come back together, unspread.
+        let spread = match places.is_empty() {
+            true => spread(&[&leader.delivery_id, &leader.next_attempt().to_string()]),
+            false => 0.0,
+        };
+        let attempt = (&sent, &channel, at, elapsed, spread);
         // The riders' writes go together, not one broker round trip after another; each
         // delivery's own writes keep their order (outcome, then `P.handled`, then offset).
         let riders = records
@@ -230,23 +246,27 @@ impl Deliverer {
     async fn settle(
         &self,
         mut record: DeliveryRecord,
-        (sent, channel, at, elapsed): Attempt<'_>,
+        (sent, channel, at, elapsed, spread): Attempt<'_>,
         consumer: &GroupConsumer,
         pos: &Position,
     ) {
         let read = Read::of(&record);
         let kind = channel.kind.name();
+        record.parked = false; // its turn came, or it was let through without one
         let step = match sent {
             Err(skipped) => {
                 self.metrics.not_attempted(kind, skipped.label());
                 record.skips += 1;
                 let (attempts, now) = (record.attempts.len() as u32, Utc::now());
-                after_skip(skipped, attempts, record.waited(now), &self.delays, now)
+                // Held back by the service, not failed: its waiting clock runs.
+                let waited = record.hold_back(now);
+                let max_pending = self.max_pending.to_std().unwrap_or(Duration::MAX);
+                after_skip(skipped, attempts, waited, max_pending, &self.delays, now)
             }
             Ok(Attempted {
                 outcome, reached, ..
             }) => {
-                record.waiting_since = None;
+                record.end_wait(at);
                 let number = record.next_attempt();
                 let attempt = plan::attempt_of(outcome, number, at, elapsed, reached.clone());
                 record.attempts.push(attempt);
@@ -257,7 +277,7 @@ impl Deliverer {
                 {
                     self.resolve_again(channel, &record).await;
                 }
-                next_step(outcome, number, &self.delays, Utc::now())
+                next_step(outcome, number, &self.delays, spread, Utc::now())
             }
         };
         let Outputs { records, fate } =
@@ -272,7 +292,7 @@ impl Deliverer {
             return;
         }
         self.metrics.delivery(kind, fate);
-        log(&record, kind, sent, &step, elapsed.as_millis() as u64);
+        self.log(&record, kind, sent, &step, elapsed.as_millis() as u64);
         finish(consumer, pos);
     }
 
@@ -320,45 +340,52 @@ impl Deliverer {
 }
 
 /// One attempt as every delivery it covered sees it: what was sent, on which channel, when,
-/// and how long it took.
+/// how long it took, and where in its tier's jitter a retry of it falls.
 type Attempt<'a> = (
     &'a Result<Attempted, crate::delivery::Skipped>,
     &'a Channel,
     chrono::DateTime<Utc>,
     std::time::Duration,
+    f64,
 );
 
-/// One line per handled attempt or skip, at the level an operator needs.
-fn log(
-    record: &DeliveryRecord,
-    kind: &str,
-    sent: &Result<Attempted, crate::delivery::Skipped>,
-    step: &Step,
-    ms: u64,
-) {
-    let (account, channel, id) = (&record.account_id, &record.channel_id, &record.delivery_id);
-    let attempt = record.attempts.len();
-    let status = sent.as_ref().ok().and_then(|a| a.outcome.status());
-    match (step, sent) {
-        (Step::Done, _) => {
-            tracing::info!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
+impl Deliverer {
+    /// One line per handled attempt or skip, at the level an operator needs; dead letters
+    /// through [`Deliverer::dead_lettered`], so a flood of them stays readable.
+    fn log(
+        &self,
+        record: &DeliveryRecord,
+        kind: &str,
+        sent: &Result<Attempted, crate::delivery::Skipped>,
+        step: &Step,
+        ms: u64,
+    ) {
+        let (account, channel, id) = (&record.account_id, &record.channel_id, &record.delivery_id);
+        let attempt = record.attempts.len();
+        let status = sent.as_ref().ok().and_then(|a| a.outcome.status());
+        match (step, sent) {
+            (Step::Done, _) => {
+                tracing::info!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
                 attempt, status, ms, "delivered")
-        }
-        (Step::Retry { tier, not_before }, Err(skipped)) => {
-            tracing::info!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
+            }
+            (Step::Retry { tier, not_before }, Err(skipped)) => {
+                tracing::info!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
                 attempt, tier, %not_before, reason = %skipped, "not let through; waits in a retry tier (no retry used up)")
-        }
-        (Step::Retry { tier, not_before }, Ok(attempted)) => {
-            let error = match &attempted.outcome {
-                Outcome::Retry { error, .. } => error.as_str(),
-                _ => "",
-            };
-            tracing::warn!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
+            }
+            (Step::Retry { tier, not_before }, Ok(attempted)) => {
+                let error = attempted.outcome.error().unwrap_or_default();
+                tracing::warn!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
                 attempt, status, ms, tier, %not_before, %error, "attempt failed; retry scheduled")
-        }
-        (Step::DeadLetter { reason }, _) => {
-            tracing::error!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
-                attempt, status, ms, %reason, "delivery dead-lettered")
+            }
+            (Step::DeadLetter(reason), _) => {
+                if self
+                    .dead_letters
+                    .note(account, channel, reason, std::time::Instant::now())
+                {
+                    tracing::warn!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
+                    attempt, status, ms, %reason, "delivery dead-lettered")
+                }
+            }
         }
     }
 }

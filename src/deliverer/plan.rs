@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 
-use crate::delivery::Outcome;
+use crate::delivery::{Outcome, Silence};
 use crate::kafka::producer::OutRecord;
 use crate::kafka::topics::Topics;
 use crate::model::{Attempt, AttemptReport, DeadLetter, DeliveryRecord, Fate};
@@ -44,10 +44,11 @@ pub fn outputs(
                 payload,
             ));
         }
-        Step::DeadLetter { reason } => {
+        Step::DeadLetter(reason) => {
             let letter = DeadLetter {
-                reason: reason.clone(),
+                reason: reason.to_string(),
                 dead_lettered_at: now,
+                may_have_arrived: record.attempts.iter().any(|a| a.no_answer),
                 delivery: record.clone(),
             };
             let payload = serde_json::to_vec(&letter).expect("dead letters serialize");
@@ -68,7 +69,7 @@ fn report(record: &DeliveryRecord, attempt: &Attempt, step: &Step, topics: &Topi
     let (next, retry_tier, not_before, reason) = match step {
         Step::Done => ("delivered", None, None, None),
         Step::Retry { tier, not_before } => ("retry", Some(*tier), Some(*not_before), None),
-        Step::DeadLetter { reason } => ("dead_lettered", None, None, Some(reason.clone())),
+        Step::DeadLetter(reason) => ("dead_lettered", None, None, Some(reason.to_string())),
     };
     let report = AttemptReport {
         delivery_id: record.delivery_id.clone(),
@@ -90,20 +91,22 @@ pub fn attempt_of(
     elapsed: Duration,
     reached: Vec<String>,
 ) -> Attempt {
-    let error = match outcome {
-        Outcome::Delivered { .. } => None,
-        Outcome::Retry { error, .. }
-        | Outcome::Permanent { error, .. }
-        | Outcome::RateLimited { error, .. } => Some(error.clone()),
-    };
+    let no_answer = matches!(
+        outcome,
+        Outcome::Unanswered {
+            silence: Silence::NoAnswer,
+            ..
+        }
+    );
     Attempt {
         attempt: number,
         at,
         duration_ms: elapsed.as_millis() as u64,
         outcome: outcome.kind(),
         status: outcome.status(),
-        error,
+        error: outcome.error().map(str::to_owned),
         reached,
+        no_answer,
     }
 }
 
@@ -146,8 +149,10 @@ mod tests {
         let number = record.next_attempt();
         let attempt = attempt_of(outcome, number, now, Duration::ZERO, Vec::new());
         record.attempts.push(attempt);
-        next_step(outcome, number, &DELAYS, now)
+        next_step(outcome, number, &DELAYS, 0.0, now)
     }
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     fn written(outputs: &Outputs) -> Vec<(String, DeliveryRecord)> {
         outputs
@@ -192,7 +197,7 @@ mod tests {
     fn a_skip_is_no_attempt_and_uses_up_no_retry() {
         let topics = Topics::new("p", DELAYS.len());
         let mut r = record();
-        let fail = Outcome::retry("timed out after 10s");
+        let fail = timed_out();
         attempted(&mut r, &fail);
         // Not let through many times (a busy destination): each time back to a tier.
         let busy = crate::delivery::Skipped::Busy {
@@ -201,7 +206,7 @@ mod tests {
         };
         for _ in 0..5 {
             r.skips += 1;
-            let step = after_skip(&busy, 1, Duration::from_secs(3600), &DELAYS, Utc::now());
+            let step = after_skip(&busy, 1, Duration::from_secs(60), HOUR, &DELAYS, Utc::now());
             let out = outputs(&mut r, &step, false, &topics, Utc::now());
             assert_eq!(out.fate, Fate::Retried);
             let [(_, next)] = &written(&out)[..] else {
@@ -217,10 +222,13 @@ mod tests {
         // The retries left are all still there: 2 tiers, so 2 more failures before the DLQ.
         let step = attempted(&mut r, &fail);
         assert!(matches!(step, Step::Retry { tier: 2, .. }), "{step:?}");
-        let Step::DeadLetter { reason } = attempted(&mut r, &fail) else {
+        let Step::DeadLetter(reason) = attempted(&mut r, &fail) else {
             panic!("after the last tier")
         };
-        assert!(reason.contains("after 3 attempts"), "{reason}");
+        assert!(
+            reason.to_string().starts_with("failed 3 attempts"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -231,8 +239,53 @@ mod tests {
             !r.had_unanswered_attempt(),
             "no request was made: nothing to resolve again in PagerDuty"
         );
-        attempted(&mut r, &Outcome::retry("timed out after 10s"));
+        attempted(&mut r, &timed_out());
         assert!(r.had_unanswered_attempt());
+    }
+
+    fn timed_out() -> Outcome {
+        Outcome::Unanswered {
+            error: "timed out after 10s".into(),
+            silence: Silence::NoAnswer,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_with_an_attempt_that_timed_out_may_have_arrived() {
+        let topics = Topics::new("p", DELAYS.len());
+        let refused = Outcome::Unanswered {
+            error: "connection failed: refused".into(),
+            silence: Silence::Unreachable,
+        };
+        let letter = |attempts: [&Outcome; 3]| {
+            let mut r = record();
+            for outcome in &attempts[..2] {
+                attempted(&mut r, outcome);
+            }
+            let step = attempted(&mut r, attempts[2]);
+            let out = outputs(&mut r, &step, true, &topics, Utc::now());
+            let letter: DeadLetter =
+                serde_json::from_slice(out.records[0].payload.as_deref().unwrap()).unwrap();
+            assert!(
+                letter.reason.starts_with("failed 3 attempts"),
+                "{}",
+                letter.reason
+            );
+            letter.may_have_arrived
+        };
+        let (failed, timed_out) = (Outcome::retry("HTTP 500"), timed_out());
+        assert!(
+            letter([&failed, &failed, &timed_out]),
+            "timed out: the receiver may have it"
+        );
+        assert!(
+            letter([&timed_out, &failed, &failed]),
+            "an earlier attempt timed out: the receiver may have it"
+        );
+        assert!(
+            !letter([&failed, &refused, &failed]),
+            "refused: nothing was sent; 500: answered"
+        );
     }
 
     #[test]
@@ -244,7 +297,7 @@ mod tests {
             destination: "hooks.example.com:443".into(),
             cap: 256,
         };
-        let step = after_skip(&busy, 0, Duration::ZERO, &DELAYS, Utc::now());
+        let step = after_skip(&busy, 0, Duration::ZERO, HOUR, &DELAYS, Utc::now());
         let out = outputs(&mut r, &step, false, &topics, Utc::now());
         assert!(out.records.iter().all(|o| o.topic != "p.reports"));
         let step = attempted(&mut r, &Outcome::Delivered { status: Some(200) });

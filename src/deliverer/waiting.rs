@@ -18,7 +18,7 @@ use crate::kafka::offsets::Position;
 use crate::ledger::{Handled, Read};
 use crate::model::{DeliveryRecord, Fate};
 use crate::pacing::Need;
-use crate::retry::{self, Step};
+use crate::retry::{self, Reason, Step};
 
 /// A delivery's turn in its provider buckets, reserved or not.
 pub(super) enum Turn {
@@ -70,7 +70,7 @@ impl Deliverer {
             });
             self.pacer.take_over(needs, assigned, active);
         }
-        if record.waiting_since.is_some() {
+        if record.parked {
             let late = record
                 .not_before
                 .and_then(|turn| (Utc::now() - turn).to_std().ok())
@@ -83,10 +83,9 @@ impl Deliverer {
                 return Turn::Now;
             }
         }
-        let waited = record
-            .waiting_since
-            .map_or(chrono::Duration::zero(), |since| Utc::now() - since);
-        let allowed = (self.max_pending - waited).to_std().unwrap_or_default();
+        let waited = record.held_for(Utc::now());
+        let max_pending = self.max_pending.to_std().unwrap_or(Duration::MAX);
+        let allowed = max_pending.saturating_sub(waited);
         match self.pacer.turn(needs, now, allowed) {
             Ok(wait) if wait.is_zero() => Turn::Now,
             Ok(wait) => Turn::In(wait),
@@ -119,13 +118,10 @@ impl Deliverer {
                 self.wait(waiting, consumer, pos, unfinished, shutdown)
                     .await
             }
-            Turn::TooFar(distance) => {
-                let reason = format!(
-                    "its provider's rate limit would keep it waiting past delivery.max_pending \
-                     (its turn is {} away)",
-                    humantime::format_duration(Duration::from_secs(distance.as_secs()))
-                );
-                self.finish_with(record, Step::DeadLetter { reason }, consumer, pos)
+            Turn::TooFar(turn_in) => {
+                let waited = record.held_for(Utc::now());
+                let reason = Reason::TurnTooFar { waited, turn_in };
+                self.finish_with(record, Step::DeadLetter(reason), consumer, pos)
                     .await
             }
         }
@@ -143,8 +139,7 @@ impl Deliverer {
         unfinished: OwnedSemaphorePermit,
         shutdown: CancellationToken,
     ) {
-        let now = Utc::now();
-        waiting.record.waiting_since.get_or_insert(now);
+        waiting.record.hold_back(Utc::now());
         let Some(room) = self.waiting.clone().try_acquire_owned().ok() else {
             return self.park(waiting, consumer, pos, unfinished).await;
         };
@@ -194,7 +189,7 @@ impl Deliverer {
     async fn park(
         &self,
         Waiting {
-            record,
+            mut record,
             needs,
             wait,
         }: Waiting,
@@ -202,14 +197,10 @@ impl Deliverer {
         pos: Position,
         unfinished: OwnedSemaphorePermit,
     ) {
-        let step =
-            retry::park(wait, &self.delays, Utc::now()).unwrap_or_else(|| Step::DeadLetter {
-                reason: "waiting for its provider's rate limit, with no retry tier to wait in \
-                         (retry.delays is empty)"
-                    .to_owned(),
-            });
+        let step = retry::park(wait, &self.delays, Utc::now());
         if matches!(step, Step::Retry { .. }) {
             self.pacer.park(&needs);
+            record.parked = true;
         }
         self.finish_with(record, step, consumer, pos).await;
         drop(unfinished);
@@ -242,9 +233,15 @@ impl Deliverer {
             tracing::debug!(account = %record.account_id, channel = %record.channel_id,
                 delivery = %record.delivery_id, tier, %not_before, "waits in a retry tier");
         }
-        if let Step::DeadLetter { reason } = &step {
-            tracing::error!(account = %record.account_id, channel = %record.channel_id,
-                delivery = %record.delivery_id, %reason, "delivery dead-lettered");
+        if let Step::DeadLetter(reason) = &step {
+            let (account, channel) = (&record.account_id, &record.channel_id);
+            if self
+                .dead_letters
+                .note(account, channel, reason, Instant::now())
+            {
+                tracing::warn!(account = %account, channel = %channel,
+                    delivery = %record.delivery_id, %reason, "delivery dead-lettered");
+            }
         }
         finish(&consumer, &pos);
     }

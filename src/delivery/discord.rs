@@ -102,7 +102,9 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: DateTime<Utc
             status,
             error: format!("{error}: {message}"),
         },
-        other => other,
+        outcome @ (Outcome::Delivered { .. }
+        | Outcome::Retry { .. }
+        | Outcome::Unanswered { .. }) => outcome,
     }
 }
 

@@ -18,7 +18,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::outcome::Outcome;
+use super::outcome::{Outcome, Silence};
 use super::Attempted;
 use crate::config::EmailConfig;
 use crate::model::settings::Recipient;
@@ -38,6 +38,8 @@ pub struct Failure {
     pub permanent: bool,
     /// The server could not be reached at all: every later recipient would fail the same way.
     pub unreachable: bool,
+    /// ... because it did not answer in time (it may have taken the message).
+    pub timed_out: bool,
     pub code: Option<u16>,
     pub reason: String,
 }
@@ -67,6 +69,7 @@ impl Mailer {
         let refuse = |reason: String| Failure {
             permanent: true,
             unreachable: false,
+            timed_out: false,
             code: None,
             reason,
         };
@@ -108,6 +111,7 @@ pub fn classify(error: &lettre::transport::smtp::Error) -> Failure {
     Failure {
         permanent: error.is_permanent(),
         unreachable: !(error.is_permanent() || error.is_transient()),
+        timed_out: error.is_timeout(),
         code,
         reason: error.to_string(),
     }
@@ -147,7 +151,7 @@ pub async fn send(
     Attempted {
         outcome: combine(&reached, &failed, earlier.len()),
         reached,
-        opened_circuit: false,
+        opened: None,
         hold: None,
     }
 }
@@ -185,6 +189,18 @@ pub fn combine(reached: &[String], failed: &[(String, Failure)], reached_before:
     } else {
         String::new()
     };
+    // The server never answered for anyone: what the circuits count.
+    if reached.is_empty() && failed.iter().all(|(_, f)| f.unreachable) {
+        let timed_out = failed.iter().any(|(_, f)| f.timed_out);
+        return Outcome::Unanswered {
+            error: format!("SMTP delivery failed for {}{note}", list(false)),
+            silence: if timed_out {
+                Silence::NoAnswer
+            } else {
+                Silence::Unreachable
+            },
+        };
+    }
     if failed.iter().any(|(_, f)| !f.permanent) {
         return Outcome::Retry {
             status,
@@ -206,6 +222,7 @@ mod tests {
         Failure {
             permanent,
             unreachable: false,
+            timed_out: false,
             code: Some(code),
             reason: format!("{code} no"),
         }

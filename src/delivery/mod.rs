@@ -15,8 +15,8 @@ pub mod webhook;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use breaker::Skipped;
-pub use outcome::Outcome;
+pub use breaker::{Opened, Skipped};
+pub use outcome::{Outcome, Silence};
 
 use crate::config::Config;
 use crate::model::{Channel, ChannelKind, DeliveryRecord};
@@ -28,8 +28,8 @@ use crate::render::{self, Alert};
 pub struct Attempted {
     pub outcome: Outcome,
     pub reached: Vec<String>,
-    /// This attempt's failure opened the destination's circuit.
-    pub opened_circuit: bool,
+    /// What this attempt's failure opened: its endpoint's circuit, or its host's hold.
+    pub opened: Option<Opened>,
     /// The provider said its next request to this bucket must wait this long (Discord's
     /// `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset-After`).
     pub hold: Option<Duration>,
@@ -40,7 +40,7 @@ impl From<Outcome> for Attempted {
         Self {
             outcome,
             reached: Vec::new(),
-            opened_circuit: false,
+            opened: None,
             hold: None,
         }
     }
@@ -113,12 +113,15 @@ impl Dispatcher {
         channel: &Channel,
         records: &[DeliveryRecord],
     ) -> Result<Attempted, Skipped> {
-        let ticket = self.destinations.admit(&destination(&channel.kind)).await?;
+        let host = destination(&channel.kind);
+        let endpoint = endpoint(channel, &records[0].account_id);
+        let target = breaker::Target {
+            host: &host,
+            endpoint: &endpoint,
+        };
+        let ticket = self.destinations.admit(target).await?;
         let mut attempted = self.attempt(channel, records).await;
-        // Only a destination that did not answer (timeout, connection failure) trips the
-        // breaker: one that answers, even 5xx or 429, answers fast and holds no capacity.
-        let answered = !matches!(attempted.outcome, Outcome::Retry { status: None, .. });
-        attempted.opened_circuit = self.destinations.record(ticket, answered);
+        attempted.opened = self.destinations.record(ticket, reach(&attempted.outcome));
         Ok(attempted)
     }
 
@@ -175,6 +178,44 @@ impl Dispatcher {
                     .collect(),
             )),
         }
+    }
+}
+
+/// How an attempt reached its destination, as the breakers count it (see `breaker`).
+fn reach(outcome: &Outcome) -> breaker::Reach {
+    match outcome {
+        Outcome::Unanswered {
+            silence: Silence::Unreachable,
+            ..
+        } => breaker::Reach::Unreachable,
+        Outcome::Unanswered {
+            silence: Silence::NoAnswer,
+            ..
+        } => breaker::Reach::NoAnswer,
+        // Refused by the guard or not buildable: no request was made.
+        Outcome::Permanent { status: None, .. } => breaker::Reach::Nothing,
+        Outcome::Retry { .. } => breaker::Reach::Failing,
+        Outcome::Delivered { .. } | Outcome::Permanent { .. } | Outcome::RateLimited { .. } => {
+            breaker::Reach::Answered
+        }
+    }
+}
+
+/// The key of a channel's own endpoint, whose circuit opens alone: its URL (webhooks,
+/// Discord), its bucket (Slack, PagerDuty), or the channel (email, whose server is the
+/// operator's).
+pub fn endpoint(channel: &Channel, account: &str) -> String {
+    use crate::pacing::hashed;
+    match &channel.kind {
+        ChannelKind::Webhook { url, .. } => hashed(&["webhook", url.expose()]),
+        ChannelKind::Discord { webhook_url } => hashed(&["discord", webhook_url.expose()]),
+        ChannelKind::Slack { bot_token, channel } => {
+            hashed(&["slack", bot_token.expose(), channel])
+        }
+        ChannelKind::PagerDuty { integration_key } => {
+            hashed(&["pagerduty", integration_key.expose()])
+        }
+        ChannelKind::Email { .. } => hashed(&["email", account, &channel.id]),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The result of one attempt, and the one classifier of HTTP answers (CONTRACT §5a, §6):
-//! 2xx delivered; 429 rate limited (no failed attempt); 408 and 5xx may pass; every other
-//! status will not.
+//! 2xx delivered; 429 rate limited (no failed attempt); 408 and 5xx may pass, but 501 and 505
+//! (the receiver does not do what we ask, and never will) do not; every other status will not.
+//! A request that got no answer may pass too, and says how far it got ([`Silence`]).
 
 use std::time::Duration;
 
@@ -28,6 +29,11 @@ pub enum Outcome {
         error: String,
         retry_after: Option<Duration>,
     },
+    /// No answer came: may pass, like [`Outcome::Retry`]. What the circuits count.
+    Unanswered {
+        error: String,
+        silence: Silence,
+    },
     /// Will not pass: dead-letter now.
     Permanent {
         status: Option<u16>,
@@ -43,6 +49,17 @@ pub enum Outcome {
     },
 }
 
+/// How far a request that got no answer went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// The host could not be reached at all (connection refused, DNS failure, TLS handshake
+    /// failure): nothing was sent, and no endpoint of that host is reachable.
+    Unreachable,
+    /// Sent, or connecting, and no answer within the timeout, or the connection broke: the
+    /// receiver may have acted on it. This endpoint's trouble, not its host's.
+    NoAnswer,
+}
+
 impl Outcome {
     pub fn permanent(error: impl Into<String>) -> Self {
         Outcome::Permanent {
@@ -51,6 +68,7 @@ impl Outcome {
         }
     }
 
+    #[cfg(test)]
     pub fn retry(error: impl Into<String>) -> Self {
         Outcome::Retry {
             status: None,
@@ -63,7 +81,9 @@ impl Outcome {
     pub fn kind(&self) -> AttemptOutcome {
         match self {
             Outcome::Delivered { .. } => AttemptOutcome::Delivered,
-            Outcome::Retry { .. } | Outcome::RateLimited { .. } => AttemptOutcome::Retryable,
+            Outcome::Retry { .. } | Outcome::Unanswered { .. } | Outcome::RateLimited { .. } => {
+                AttemptOutcome::Retryable
+            }
             Outcome::Permanent { .. } => AttemptOutcome::Permanent,
         }
     }
@@ -74,6 +94,18 @@ impl Outcome {
             | Outcome::Retry { status, .. }
             | Outcome::Permanent { status, .. }
             | Outcome::RateLimited { status, .. } => *status,
+            Outcome::Unanswered { .. } => None,
+        }
+    }
+
+    /// The failure's text, when the attempt failed or was asked to slow down.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Outcome::Delivered { .. } => None,
+            Outcome::Retry { error, .. }
+            | Outcome::Unanswered { error, .. }
+            | Outcome::Permanent { error, .. }
+            | Outcome::RateLimited { error, .. } => Some(error),
         }
     }
 
@@ -110,6 +142,11 @@ pub fn classify_status(status: u16, headers: &HeaderMap, now: DateTime<Utc>) -> 
             status: Some(status),
         },
         429 => Outcome::rate_limited(Some(status), status_text, retry_after(headers, now)),
+        // Not implemented, HTTP version not supported: the receiver will not do it later.
+        501 | 505 => Outcome::Permanent {
+            status: Some(status),
+            error: status_text,
+        },
         408 | 500..=599 => Outcome::Retry {
             status: Some(status),
             error: status_text,
@@ -119,7 +156,8 @@ pub fn classify_status(status: u16, headers: &HeaderMap, now: DateTime<Utc>) -> 
             status: Some(status),
             error: format!("{status_text}: redirects are not followed; configure the final URL"),
         },
-        _ => Outcome::Permanent {
+        // 1xx never ends a response; the rest of 4xx, and anything past 599, will not pass.
+        100..=199 | 400..=428 | 430..=499 | 600.. | 0..=99 => Outcome::Permanent {
             status: Some(status),
             error: status_text,
         },
@@ -154,14 +192,16 @@ pub fn classify_transport(error: &reqwest::Error, timeout: Duration) -> Outcome 
         return Outcome::permanent(reason);
     }
     let detail = error_chain(error);
+    let unanswered = |silence, error| Outcome::Unanswered { error, silence };
     if error.is_timeout() {
-        Outcome::retry(format!("timed out after {timeout:?}"))
+        unanswered(Silence::NoAnswer, format!("timed out after {timeout:?}"))
     } else if error.is_connect() {
-        Outcome::retry(format!("connection failed: {detail}"))
+        // Refused, DNS, TLS handshake: the connector never reached an HTTP exchange.
+        unanswered(Silence::Unreachable, format!("connection failed: {detail}"))
     } else if error.is_builder() {
         Outcome::permanent(format!("invalid request: {detail}"))
     } else {
-        Outcome::retry(format!("request failed: {detail}"))
+        unanswered(Silence::NoAnswer, format!("request failed: {detail}"))
     }
 }
 
@@ -206,6 +246,12 @@ mod tests {
             (422, Permanent),
             (408, Retryable),
             (500, Retryable),
+            (501, Permanent),
+            (505, Permanent),
+            (100, Permanent),
+            (428, Permanent),
+            (430, Permanent),
+            (600, Permanent),
             (502, Retryable),
             (503, Retryable),
             (504, Retryable),

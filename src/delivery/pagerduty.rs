@@ -59,7 +59,10 @@ async fn post(dispatcher: &Dispatcher, body: impl Serialize, integration_key: &S
                         ),
                     }
                 }
-                other => other,
+                outcome @ (Outcome::Delivered { .. }
+                | Outcome::Retry { .. }
+                | Outcome::Unanswered { .. }
+                | Outcome::RateLimited { .. }) => outcome,
             }
         }
         Err(error) => classify_transport(&error, dispatcher.timeout),

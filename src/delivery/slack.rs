@@ -61,7 +61,10 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: DateTime<Utc
                 ),
                 retry_after: None,
             },
-            other => other,
+            outcome @ (Outcome::Retry { .. }
+            | Outcome::Unanswered { .. }
+            | Outcome::Permanent { .. }
+            | Outcome::RateLimited { .. }) => outcome,
         };
     }
     let answer: Answer = match serde_json::from_slice(body) {

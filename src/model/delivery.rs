@@ -33,11 +33,19 @@ pub struct DeliveryRecord {
     /// a retry.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skips: u32,
-    /// Since when the delivery has waited only for its provider's rate limit (its bucket's
-    /// pace, or a rate-limit answer); cleared by the next attempt. Past
-    /// `delivery.max_pending` it is dead-lettered.
+    /// Since when the delivery has waited, held back by the service itself (its bucket's
+    /// pace, a rate-limit answer, an open circuit, a busy or held host); ended by the next
+    /// attempt, which adds it to `waited_ms`. Past `delivery.max_pending` of such waiting in
+    /// all, it is dead-lettered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_since: Option<DateTime<Utc>>,
+    /// Milliseconds waited so (held back by the service) before `waiting_since`, in all.
+    #[serde(default, skip_serializing_if = "is_zero_ms")]
+    pub waited_ms: u64,
+    /// Waiting in a retry tier for the turn its bucket reserved for it (`not_before`), which
+    /// it claims when back (`crate::pacing`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
     /// Email recipients reached before `attempts` began (kept when a dead letter is replayed
     /// with a fresh attempt count, so nobody gets the alert twice).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -79,6 +87,10 @@ pub struct Attempt {
     /// so a partial failure never mails the same alert twice to the same address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reached: Vec<String>,
+    /// No answer came after the request may have been sent (a timeout, a broken
+    /// connection): the receiver may have acted on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_answer: bool,
 }
 
 /// What became of a delivery record read from a delivery topic: written to `P.handled` (see
@@ -135,6 +147,10 @@ pub struct AttemptReport {
 pub struct DeadLetter {
     pub reason: String,
     pub dead_lettered_at: DateTime<Utc>,
+    /// An attempt of it got no answer after the request may have been sent (a timeout, a
+    /// broken connection): the receiver may have it after all (deduplicate on `webhook-id`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_have_arrived: bool,
     pub delivery: DeliveryRecord,
 }
 
@@ -153,6 +169,8 @@ impl DeliveryRecord {
             attempts: Vec::new(),
             skips: 0,
             waiting_since: None,
+            waited_ms: 0,
+            parked: false,
             reached: Vec::new(),
             replayed_at: None,
             report: false,
@@ -176,6 +194,8 @@ impl DeliveryRecord {
         fresh.attempts.clear();
         fresh.skips = 0;
         fresh.waiting_since = None;
+        fresh.waited_ms = 0;
+        fresh.parked = false;
         fresh.not_before = None;
         fresh.replayed_at = Some(Utc::now());
         fresh
@@ -194,6 +214,30 @@ impl DeliveryRecord {
             .unwrap_or_default()
     }
 
+    /// Starts (or goes on with) a wait the service holds it in: the time it has waited so,
+    /// in all, this one included.
+    pub fn hold_back(&mut self, now: DateTime<Utc>) -> std::time::Duration {
+        self.waiting_since.get_or_insert(now);
+        self.held_for(now)
+    }
+
+    /// The time it has waited, held back by the service, in all.
+    pub fn held_for(&self, now: DateTime<Utc>) -> std::time::Duration {
+        let current = self
+            .waiting_since
+            .and_then(|since| (now - since).to_std().ok())
+            .unwrap_or_default();
+        std::time::Duration::from_millis(self.waited_ms) + current
+    }
+
+    /// An attempt is made: the current wait, if any, ends (and counts in `waited_ms`).
+    pub fn end_wait(&mut self, now: DateTime<Utc>) {
+        if let Some(since) = self.waiting_since.take() {
+            let waited = (now - since).to_std().unwrap_or_default();
+            self.waited_ms += waited.as_millis() as u64;
+        }
+    }
+
     /// Whether a request was made and never answered: the provider may have acted on it.
     pub fn had_unanswered_attempt(&self) -> bool {
         self.attempts.iter().any(|a| a.status.is_none())
@@ -206,6 +250,10 @@ impl DeliveryRecord {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_ms(n: &u64) -> bool {
     *n == 0
 }
 

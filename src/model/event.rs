@@ -8,6 +8,8 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::incident::Condition;
+
 /// Larger events are rejected unread: an alert is small, a megabyte is a mistake or an attack.
 pub const MAX_EVENT_BYTES: usize = 1_000_000;
 
@@ -63,6 +65,11 @@ pub enum Rejected {
     BadKind(String),
     #[error("field `occurred_at` is not an RFC 3339 time: {0}")]
     BadTime(#[from] chrono::ParseError),
+    #[error(
+        "a `server.recovered` event needs `alert.condition` `offline` or `anomaly` (the \
+         incident it ends), got {0}"
+    )]
+    BadCondition(String),
 }
 
 fn wrong_type(field: impl Into<String>, expected: &'static str) -> Rejected {
@@ -80,6 +87,7 @@ fn wrong_type(field: impl Into<String>, expected: &'static str) -> Rejected {
 #[serde(try_from = "Map<String, Value>")]
 pub struct Event {
     raw: Arc<Map<String, Value>>,
+    condition: Condition,
 }
 
 /// Written as the map it holds, by reference: serde's `into` would clone the whole event for
@@ -175,14 +183,12 @@ impl Event {
 
     /// The problem event types a recovery resolves (CONTRACT §4); none for other events.
     pub fn resolves(&self) -> &'static [&'static str] {
-        let condition = self.alert().get("condition").and_then(Value::as_str);
-        match (self.kind(), condition) {
-            ("monitor.recovered", _) => &["monitor.down", "monitor.degraded"],
-            ("server.recovered", Some("offline")) => &["server.offline"],
-            ("server.recovered", Some("anomaly")) => &["server.anomaly"],
-            ("server.recovered", _) => &["server.offline", "server.anomaly"],
-            _ => &[],
-        }
+        self.condition.resolved_by(self.kind())
+    }
+
+    /// What the event is about on its resource: its incident's condition.
+    pub fn condition(&self) -> &Condition {
+        &self.condition
     }
 
     /// The webhook body of the product page: `{"event", "<product>", "alert"}`, nothing else;
@@ -260,12 +266,15 @@ impl TryFrom<Map<String, Value>> for Event {
                 None => return Err(Rejected::Missing(format!("{product}.{field}"))),
             }
         }
-        match raw.get("alert") {
-            Some(Value::Object(_)) => {}
+        let condition = match raw.get("alert") {
+            Some(Value::Object(alert)) => Condition::parse(kind, alert)?,
             None | Some(Value::Null) => return Err(Rejected::Missing("alert".to_owned())),
             Some(_) => return Err(wrong_type("alert", "an object")),
-        }
-        Ok(Event { raw: Arc::new(raw) })
+        };
+        Ok(Event {
+            raw: Arc::new(raw),
+            condition,
+        })
     }
 }
 

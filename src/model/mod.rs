@@ -9,6 +9,6 @@ pub mod settings;
 
 pub use delivery::{Attempt, AttemptOutcome, AttemptReport, DeadLetter, DeliveryRecord, Fate};
 pub use event::{Event, Severity};
-pub use incident::incident_key;
+pub use incident::{incident_key, Condition};
 pub use rate::Rate;
 pub use settings::{AccountSettings, Channel, ChannelKind, Secret};

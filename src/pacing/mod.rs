@@ -91,7 +91,8 @@ pub fn needs(record: &DeliveryRecord, channel: &Channel, paces: &Paces) -> Vec<N
     }
 }
 
-fn hashed(parts: &[&str]) -> String {
+/// A key for credentials and user URLs that keeps none of them (pacing buckets, circuits).
+pub(crate) fn hashed(parts: &[&str]) -> String {
     let mut hash = Sha256::new();
     for part in parts {
         hash.update((part.len() as u64).to_be_bytes());

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{capitalize, human_duration, list, parse_time, scalar, Fact};
+use crate::model::Condition;
 
 /// The type-specific words of an alert; plain text, unescaped.
 #[derive(Debug, Default)]
@@ -33,6 +34,7 @@ pub(super) struct Subject<'a> {
     pub recovery: bool,
     pub at: DateTime<Utc>,
     pub alert: &'a Map<String, Value>,
+    pub condition: &'a Condition,
 }
 
 impl Subject<'_> {
@@ -172,11 +174,16 @@ fn offline(s: &Subject<'_>) -> Words {
 fn recovered(s: &Subject<'_>) -> Words {
     let name = s.name;
     let (condition, metric) = (s.get("condition"), s.get("metric"));
-    let what = match (condition.as_deref(), &metric) {
-        (Some("anomaly"), Some(m)) => format!("{m} on {name} is back to normal"),
-        (Some("offline"), _) => format!("{name} is reporting again"),
-        _ if s.kind == "monitor.recovered" => format!("{name} is up again"),
-        _ => format!("{name} has recovered"),
+    let what = match s.condition {
+        Condition::Anomaly { metric } if !metric.is_empty() => {
+            format!("{metric} on {name} is back to normal")
+        }
+        Condition::Offline => format!("{name} is reporting again"),
+        Condition::Availability if s.kind == "monitor.recovered" => format!("{name} is up again"),
+        Condition::Availability
+        | Condition::Certificate
+        | Condition::Anomaly { .. }
+        | Condition::Other(_) => format!("{name} has recovered"),
     };
     let down_since = s.get("down_since");
     let lasted = down_since

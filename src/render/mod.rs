@@ -92,6 +92,7 @@ impl<'a> Alert<'a> {
             recovery: event.is_recovery(),
             at,
             alert,
+            condition: event.condition(),
         });
         let mut view = Alert {
             event,

@@ -60,6 +60,24 @@ fn rejects_with_a_reason() {
     let mut v = seed();
     v["occurred_at"] = json!("yesterday");
     assert!(decode(v).unwrap_err().to_string().contains("RFC 3339"));
+    let recovered = |alert: Value| {
+        json!({"event": "server.recovered", "event_id": "e", "account_id": "a",
+            "occurred_at": "2025-01-15T10:30:00Z", "server": {"id": "s", "name": "n"},
+            "alert": alert})
+    };
+    let err = decode(recovered(json!({}))).unwrap_err();
+    assert!(
+        err.contains("`alert.condition` `offline` or `anomaly`"),
+        "{err}"
+    );
+    assert!(decode(recovered(json!({"condition": "disk"}))).is_err());
+    assert_eq!(
+        decode(recovered(json!({"condition": "offline"})))
+            .unwrap()
+            .resolves(),
+        ["server.offline"],
+        "it resolves the one incident it names"
+    );
     let big = vec![b' '; MAX_EVENT_BYTES + 1];
     assert!(Event::decode(Some(&big))
         .unwrap_err()
