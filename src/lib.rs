@@ -13,13 +13,15 @@
 //! - `model`: events, account settings, delivery records and the incident key.
 //! - `settings_cache`: the accounts' settings, fed by the compacted config topic.
 //! - `router`: event → one delivery record per accepting channel (`router::decide`).
-//! - `deliverer`: the loop over the delivery topics, each record's pipeline, waiting for a
-//!   provider bucket's turn, and the digests of deliveries that waited together.
+//! - `deliverer`: the loop over the delivery topics, and each record's flow through its stages
+//!   (due, its provider bucket's turn, waiting, the request, what follows), with the digests
+//!   of deliveries that waited together.
 //! - `ledger`: what became of recent delivery records (`P.handled`): repeats, superseded problems.
 //! - `pacing`: provider rate limits: each bucket's reserved turns and holds.
-//! - `delivery`: one attempt to one provider, the outcome classifiers, destination caps and circuits.
+//! - `delivery`: one attempt to one provider, the outcome classifiers, host caps and holds,
+//!   endpoint circuits.
 //! - `render`: what each provider receives, as pure functions.
-//! - `retry`: the tier plan (`retry::next_step`).
+//! - `retry`: the tier plan (`retry::next_step`) and why a delivery is dead-lettered.
 //! - `verify`: verification emails for new recipients.
 //! - `metrics`, `admin`, `telemetry`, `shutdown`: what operators see and how the process stops.
 //! - `ops`: the operator commands (`dlq`, `send-test`, `settings show`).
@@ -42,7 +44,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod verify;
 
-/// Where a channel's requests go (its destination's cap and circuit): for the fuzz checks.
+/// Where a channel's requests go (the host whose cap and hold they share): for the fuzz checks.
 pub use delivery::destination;
 
 use std::sync::atomic::Ordering;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::flow::Delivery;
 use super::Deliverer;
 use crate::kafka::context::{owns, GroupConsumer};
 use crate::kafka::offsets::Position;
@@ -217,8 +218,13 @@ impl Deliverer {
             let Some(unfinished) = this.unfinished_slot(&shutdown).await else {
                 return;
             };
-            this.handle(record, consumer, pos, unfinished, shutdown, None)
-                .await
+            let delivery = Delivery {
+                record,
+                consumer,
+                pos,
+                unfinished,
+            };
+            this.drive(delivery, None, shutdown).await
         });
     }
 }

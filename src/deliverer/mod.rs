@@ -1,12 +1,14 @@
 //! The deliverer: consumes `P.deliveries` and every `P.retry.k` in the group
-//! `{group_id}.deliveries`, and hands each record to the per-record [`pipeline`], which attempts
-//! it and writes where it goes next ([`plan`]) before its offset is stored.
+//! `{group_id}.deliveries`, and drives each record through its stages ([`flow`]: due, turn,
+//! wait, send, settle); [`pipeline`] makes the request and writes where each delivery goes
+//! next ([`plan`]) before its offset is stored; [`waiting`] reserves and claims turns;
+//! [`gather`] forms digests; [`dead_letters`] keeps a flood of them readable.
 //!
-//! Waiting for a provider's rate limit is [`waiting`]'s. This file is the consume-and-pause
-//! loop: a retry tier holds a delivery that is not yet due by pausing only its partition, so
-//! other partitions and topics keep flowing while it waits.
+//! This file is the consume-and-pause loop: a retry tier holds a delivery that is not yet due
+//! by pausing only its partition, so other partitions and topics keep flowing while it waits.
 
 pub(crate) mod dead_letters;
+mod flow;
 mod gather;
 mod pipeline;
 mod plan;
@@ -34,6 +36,7 @@ use crate::model::DeliveryRecord;
 use crate::pacing::Pacer;
 use crate::retry;
 use crate::settings_cache::SettingsCache;
+use flow::Delivery;
 
 pub struct Deliverer {
     pub topics: Topics,
@@ -150,21 +153,26 @@ impl Deliverer {
                     let Some(unfinished) = this.unfinished_slot(&shutdown).await else {
                         return;
                     };
-                    this.handle(record, consumer, pos, unfinished, shutdown, None).await
+                    let delivery = Delivery {
+                        record,
+                        consumer,
+                        pos,
+                        unfinished,
+                    };
+                    this.drive(delivery, None, shutdown).await
                 });
                 continue;
             }
             let Some(unfinished) = self.unfinished_slot(&shutdown).await else {
                 break;
             };
-            tracker.spawn(self.clone().handle(
+            let delivery = Delivery {
                 record,
-                consumer.clone(),
+                consumer: consumer.clone(),
                 pos,
                 unfinished,
-                shutdown.clone(),
-                None,
-            ));
+            };
+            tracker.spawn(self.clone().drive(delivery, None, shutdown.clone()));
         }
         tracker.close();
         if tokio::time::timeout(self.drain, tracker.wait())

@@ -1,7 +1,7 @@
-//! One delivery record, from read to stored offset: ask the ledger, attempt it (or learn it
-//! was skipped), let the retry plan decide, write the outputs, then `P.handled`, then store
-//! the offset. Every write is acknowledged before the next step; a stop in between leaves
-//! the offset unstored, so the record is read again after a restart.
+//! The request of a delivery at its turn (`super::flow`), and what follows it: the attempt
+//! (or the skip) recorded, the retry plan's decision, the outputs written, then `P.handled`,
+//! then the offset stored. Every write is acknowledged before the next step; a stop in
+//! between leaves the offset unstored, so the record is read again after a restart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,124 +12,62 @@ use rdkafka::Message;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::flow::{Delivery, Sending};
 use super::gather::Rider;
 use super::plan::{self, Outputs, Unreadable};
-use super::waiting::Turn;
 use super::Deliverer;
 use crate::delivery::{pagerduty, Attempted, Opened, Outcome};
 use crate::kafka::context::{finish, owns, GroupConsumer};
 use crate::kafka::offsets::Position;
 use crate::kafka::producer::OutRecord;
-use crate::ledger::{Handled, Read, Verdict};
-use crate::model::{incident_key, Channel, ChannelKind, DeliveryRecord, Fate};
-use crate::pacing::{self, Need};
+use crate::ledger::{Handled, Read};
+use crate::model::{incident_key, Channel, ChannelKind, DeliveryRecord};
+use crate::pacing::Need;
 use crate::retry::{after_skip, next_step, spread, Step};
 
 impl Deliverer {
-    /// Handles one record read from a delivery topic, holding `unfinished` until its offset
-    /// may be stored. `turn` is `Some` once it has its buckets' turn, with the deliveries of
-    /// its channel that waited with it to be sent together (a digest).
-    pub(super) async fn handle(
-        self: Arc<Self>,
-        record: DeliveryRecord,
-        consumer: Arc<GroupConsumer>,
-        pos: Position,
-        unfinished: OwnedSemaphorePermit,
-        shutdown: CancellationToken,
-        turn: Option<Vec<Rider>>,
-    ) {
-        // Taken before the ledger is asked, so its verdict is fresh when the request is made.
-        let slot = tokio::select! {
-            // Not attempted: its offset is not stored, and the partition's next owner reads it.
-            _ = shutdown.cancelled() => return,
-            slot = self.permits.clone().acquire_owned() => slot.expect("semaphore never closed"),
+    /// The request at a delivery's turn ([`super::flow`]), then the writes of where it and
+    /// its riders go next; a rate-limit answer gives the delivery back, with its buckets, to
+    /// wait for a new turn (its riders wait again too).
+    pub(super) async fn attempt(
+        self: &Arc<Self>,
+        sending: Sending<'_>,
+        shutdown: &CancellationToken,
+    ) -> Option<(Delivery, Vec<Need>)> {
+        let Sending {
+            delivery,
+            riders,
+            channel,
+            needs,
+            slot,
+            claim,
+        } = sending;
+        let Delivery {
+            record,
+            consumer,
+            pos,
+            unfinished,
+        } = delivery;
+        let to = (channel, needs);
+        let sent = self
+            .send(
+                record,
+                riders,
+                to,
+                (&consumer, &pos),
+                (slot, unfinished),
+                shutdown,
+            )
+            .await;
+        drop(claim); // a rate-limited delivery is claimed again at its new turn
+        let (record, needs, unfinished) = sent?;
+        let delivery = Delivery {
+            record,
+            consumer,
+            pos,
+            unfinished,
         };
-        // A copy of this record in flight here goes first; this one then asks the ledger.
-        let _claim = self.in_flight.claim(&record).await;
-        let (account, channel_id, id) =
-            (&record.account_id, &record.channel_id, &record.delivery_id);
-        let channel = self
-            .cache
-            .channel(&record.account_id, &record.channel_id)
-            .filter(|c| c.deliverable());
-        let has_turn = turn.is_some();
-        let mut riders = turn.unwrap_or_default();
-        let fate = match (self.ledger.verdict(&record), channel) {
-            (Verdict::Repeat, _) => {
-                tracing::info!(account = %account, channel = %channel_id, delivery = %id,
-                    attempts_before = record.attempts.len(),
-                    "handled before (re-read after a restart or rebalance, or a repeated event); not sent again");
-                self.metrics.delivery(&record.channel_type, Fate::Duplicate);
-                finish(&consumer, &pos);
-                return self.release(riders, &shutdown);
-            }
-            (Verdict::Attempt, Some(channel)) => {
-                let needs = pacing::needs(&record, &channel, &self.paces);
-                let record = if has_turn {
-                    record
-                } else {
-                    // A digest forming for this channel's bucket takes it along.
-                    let Some(record) = self.join(record, &needs, &consumer, &pos) else {
-                        return;
-                    };
-                    let turn = self.take_turn(&record, &needs, &consumer);
-                    if !matches!(turn, Turn::Now) {
-                        drop((slot, _claim));
-                        let waiting = (record, needs, turn);
-                        return self
-                            .to_turn(waiting, consumer, pos, unfinished, shutdown)
-                            .await;
-                    }
-                    record
-                };
-                let to = (channel, needs);
-                let slots = (slot, unfinished);
-                let sent = self
-                    .send(record, riders, to, (&consumer, &pos), slots, &shutdown)
-                    .await;
-                drop(_claim); // a rate-limited delivery is claimed again at its new turn
-                return self.after_rate_limit(sent, consumer, pos, shutdown).await;
-            }
-            (Verdict::Superseded, channel) => {
-                tracing::info!(account = %account, channel = %channel_id, delivery = %id, event = %record.event_type,
-                    "its incident's recovery was delivered on this channel already; problem dropped");
-                // An earlier attempt that got no answer may have opened the incident anyway.
-                if let (Some(channel), true) = (channel, record.had_unanswered_attempt()) {
-                    self.resolve_again(&channel, &record).await;
-                }
-                Fate::Superseded
-            }
-            (_, None) => {
-                tracing::info!(account = %account, channel = %channel_id, delivery = %id,
-                    "channel removed, disabled or without a verified recipient; delivery dropped");
-                Fate::Dropped
-            }
-        };
-        drop(slot);
-        self.release(std::mem::take(&mut riders), &shutdown);
-        if self
-            .journal
-            .record(Handled::of(&record, Read::of(&record), fate))
-            .await
-        {
-            self.metrics.delivery(&record.channel_type, fate);
-            finish(&consumer, &pos);
-        }
-    }
-
-    /// A rate-limit answer: the delivery waits for a new turn.
-    async fn after_rate_limit(
-        self: Arc<Self>,
-        sent: Option<(DeliveryRecord, Vec<Need>, OwnedSemaphorePermit)>,
-        consumer: Arc<GroupConsumer>,
-        pos: Position,
-        shutdown: CancellationToken,
-    ) {
-        if let Some((record, needs, unfinished)) = sent {
-            let turn = self.take_turn(&record, &needs, &consumer);
-            let onward = self.to_turn((record, needs, turn), consumer, pos, unfinished, shutdown);
-            Box::pin(onward).await
-        }
+        Some((delivery, needs))
     }
 
     /// The attempt itself for `record` and the `riders` it takes along (one message for
@@ -298,7 +236,7 @@ impl Deliverer {
 
     /// Resolves a PagerDuty problem's incident again: its recovery was delivered while the
     /// problem was in flight (on this instance or another), or before an unanswered attempt.
-    async fn resolve_again(&self, channel: &Channel, record: &DeliveryRecord) {
+    pub(super) async fn resolve_again(&self, channel: &Channel, record: &DeliveryRecord) {
         let ChannelKind::PagerDuty { integration_key } = &channel.kind else {
             return;
         };
