@@ -31,7 +31,7 @@ use crate::kafka::offsets::Position;
 use crate::ledger::{Claim, Handled, Read, Verdict};
 use crate::model::{Channel, DeliveryRecord, Fate};
 
-use crate::pacing::{self, Need};
+use crate::pacing::{self, Need, Pacer};
 use crate::retry::{self, Reason, Step};
 
 /// A delivery record read from a delivery topic, with what it holds until it is finished.
@@ -42,6 +42,22 @@ pub(crate) struct Delivery {
     /// Its place among the deliveries read and not yet finished (`Deliverer::unfinished`);
     /// given up while it waits in memory for its turn.
     pub unfinished: OwnedSemaphorePermit,
+}
+
+impl Delivery {
+    pub fn new(
+        record: DeliveryRecord,
+        consumer: Arc<GroupConsumer>,
+        pos: Position,
+        unfinished: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            record,
+            consumer,
+            pos,
+            unfinished,
+        }
+    }
 }
 
 /// Where a delivery is.
@@ -140,22 +156,10 @@ impl Deliverer {
                     }));
                 }
                 // A digest forming for this channel's bucket takes it along.
-                let Delivery {
-                    record,
-                    consumer,
-                    pos,
-                    unfinished,
-                } = delivery;
-                let Some(record) = self.join(record, &needs, &consumer, &pos) else {
+                let Some(delivery) = self.join(delivery, &needs) else {
                     return Stage::Done;
                 };
-                let turn = self.take_turn(&record, &needs, &consumer);
-                let delivery = Delivery {
-                    record,
-                    consumer,
-                    pos,
-                    unfinished,
-                };
+                let turn = self.take_turn(&delivery.record, &needs, &delivery.consumer);
                 return match turn {
                     Turn::Now => Stage::Send(Box::new(Sending {
                         delivery,
@@ -262,7 +266,7 @@ impl Deliverer {
         let digest = self.open(&record, &needs);
         let kind = record.channel_type.clone();
         self.metrics.waiting(&kind, 1);
-        let waited = self.until_turn(&needs, wait, shutdown).await;
+        let waited = until_turn(&self.pacer, &needs, wait, shutdown).await;
         self.metrics.waiting(&kind, -1);
         drop((line, room));
         let riders = self.close(digest);
@@ -274,36 +278,8 @@ impl Deliverer {
         let Some(unfinished) = self.unfinished_slot(shutdown).await else {
             return Stage::Done;
         };
-        let delivery = Delivery {
-            record,
-            consumer,
-            pos,
-            unfinished,
-        };
+        let delivery = Delivery::new(record, consumer, pos, unfinished);
         Stage::Due(delivery, Some(riders))
-    }
-
-    /// Sleeps until a turn reserved `wait` from now: a hold since it was reserved moves it
-    /// back, and is waited too. False when stopping.
-    async fn until_turn(
-        &self,
-        needs: &[Need],
-        mut wait: Duration,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let mut shifted = self.pacer.shifted(needs);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            let now_shifted = self.pacer.shifted(needs);
-            wait = now_shifted.saturating_sub(shifted);
-            if wait.is_zero() {
-                return true;
-            }
-            shifted = now_shifted;
-        }
     }
 
     /// Parks a waiting delivery in the retry tier that fits its wait, until its reserved turn.
@@ -327,6 +303,29 @@ impl Deliverer {
         self.finish_with(record, step, consumer, pos).await;
         drop(unfinished);
         Stage::Done
+    }
+}
+
+/// Sleeps until a turn reserved `wait` from now in `needs`' buckets: a hold since it was
+/// reserved moves it back, and is waited too. False when stopping.
+async fn until_turn(
+    pacer: &Pacer,
+    needs: &[Need],
+    mut wait: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut shifted = pacer.shifted(needs);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let now_shifted = pacer.shifted(needs);
+        wait = now_shifted.saturating_sub(shifted);
+        if wait.is_zero() {
+            return true;
+        }
+        shifted = now_shifted;
     }
 }
 
@@ -355,6 +354,66 @@ fn handling<C>(verdict: Verdict, channel: Option<C>) -> Handling<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Pace;
+    use crate::model::Rate;
+    use std::time::Instant;
+
+    fn bucket(pacer: &Pacer) -> Vec<Need> {
+        let record: DeliveryRecord = serde_json::from_value(serde_json::json!({
+            "delivery_id": "msg_1", "account_id": "acc", "channel_id": "hook",
+            "channel_type": "webhook", "event_type": "monitor.down", "event_id": "e1",
+            "severity": "critical", "created_at": "2025-01-15T10:30:00Z",
+            "event": {"event": "monitor.down", "event_id": "e1", "account_id": "acc",
+                "occurred_at": "2025-01-15T10:30:00Z", "monitor": {"id": "m", "name": "API"},
+                "alert": {}}}))
+        .unwrap();
+        let channel: Channel = serde_json::from_value(serde_json::json!(
+            {"id": "hook", "type": "webhook", "url": "https://hooks.example.com/x", "rate": "1/1s"}))
+        .unwrap();
+        let pace = Pace {
+            rate: "1/1s".parse::<Rate>().unwrap(),
+            burst: std::num::NonZeroU32::new(1).unwrap(),
+        };
+        let paces = crate::config::Paces {
+            slack: pace,
+            discord: pace,
+            pagerduty: pace,
+            email: pace,
+        };
+        let needs = pacing::needs(&record, &channel, &paces);
+        pacer
+            .turn(&needs, Instant::now(), Duration::from_secs(60))
+            .unwrap();
+        needs
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_turn_lasts_as_long_as_the_holds_that_come_meanwhile() {
+        let pacer = Pacer::default();
+        let needs = bucket(&pacer);
+        let shutdown = CancellationToken::new();
+        let started = Instant::now();
+        let (waited, ()) = tokio::join!(
+            until_turn(&pacer, &needs, Duration::from_millis(100), &shutdown),
+            async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // A rate-limit answer meanwhile holds the bucket 200 ms more.
+                pacer.hold(&needs[0].key, Instant::now() + Duration::from_millis(200));
+            }
+        );
+        assert!(waited, "its turn came");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250),
+            "the hold was waited too: {took:?}"
+        );
+        let stopping = CancellationToken::new();
+        stopping.cancel();
+        assert!(
+            !until_turn(&pacer, &needs, Duration::from_secs(60), &stopping).await,
+            "stopping ends the wait, not its turn"
+        );
+    }
 
     #[test]
     fn the_verdict_and_the_channel_decide_what_is_sent() {

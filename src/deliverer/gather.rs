@@ -142,27 +142,28 @@ impl<R> Gatherings<R> {
 }
 
 impl Deliverer {
-    /// Hands `record` to the digest forming for its channel and buckets, if one is open with
-    /// room (and the waiting room has a place); else gives it back.
-    pub(super) fn join(
-        &self,
-        record: DeliveryRecord,
-        needs: &[Need],
-        consumer: &Arc<GroupConsumer>,
-        pos: &Position,
-    ) -> Option<DeliveryRecord> {
-        if digest_size(&record.channel_type).is_none() {
-            return Some(record);
+    /// Hands `delivery` to the digest forming for its channel and buckets, if one is open with
+    /// room (and the waiting room has a place): it rides there, its place among the unfinished
+    /// given up. Else gives it back.
+    pub(super) fn join(&self, delivery: Delivery, needs: &[Need]) -> Option<Delivery> {
+        if digest_size(&delivery.record.channel_type).is_none() {
+            return Some(delivery);
         }
         let Ok(room) = self.waiting.clone().try_acquire_owned() else {
-            return Some(record);
+            return Some(delivery);
         };
-        let key = Key::of(&record, needs);
-        let kind = record.channel_type.clone();
+        let key = Key::of(&delivery.record, needs);
+        let kind = delivery.record.channel_type.clone();
+        let Delivery {
+            record,
+            consumer,
+            pos,
+            unfinished,
+        } = delivery;
         let rider = Rider {
             record,
-            consumer: consumer.clone(),
-            pos: pos.clone(),
+            consumer,
+            pos,
             _room: room,
         };
         match self.gatherings.join(&key, rider) {
@@ -170,7 +171,12 @@ impl Deliverer {
                 self.metrics.waiting(&kind, 1);
                 None
             }
-            Err(rider) => Some(rider.record),
+            Err(rider) => Some(Delivery::new(
+                rider.record,
+                rider.consumer,
+                rider.pos,
+                unfinished,
+            )),
         }
     }
 
@@ -218,12 +224,7 @@ impl Deliverer {
             let Some(unfinished) = this.unfinished_slot(&shutdown).await else {
                 return;
             };
-            let delivery = Delivery {
-                record,
-                consumer,
-                pos,
-                unfinished,
-            };
+            let delivery = Delivery::new(record, consumer, pos, unfinished);
             this.drive(delivery, None, shutdown).await
         });
     }

@@ -153,12 +153,7 @@ impl Deliverer {
                     let Some(unfinished) = this.unfinished_slot(&shutdown).await else {
                         return;
                     };
-                    let delivery = Delivery {
-                        record,
-                        consumer,
-                        pos,
-                        unfinished,
-                    };
+                    let delivery = Delivery::new(record, consumer, pos, unfinished);
                     this.drive(delivery, None, shutdown).await
                 });
                 continue;
@@ -166,12 +161,7 @@ impl Deliverer {
             let Some(unfinished) = self.unfinished_slot(&shutdown).await else {
                 break;
             };
-            let delivery = Delivery {
-                record,
-                consumer: consumer.clone(),
-                pos,
-                unfinished,
-            };
+            let delivery = Delivery::new(record, consumer.clone(), pos, unfinished);
             tracker.spawn(self.clone().drive(delivery, None, shutdown.clone()));
         }
         tracker.close();

@@ -61,13 +61,7 @@ impl Deliverer {
             .await;
         drop(claim); // a rate-limited delivery is claimed again at its new turn
         let (record, needs, unfinished) = sent?;
-        let delivery = Delivery {
-            record,
-            consumer,
-            pos,
-            unfinished,
-        };
-        Some((delivery, needs))
+        Some((Delivery::new(record, consumer, pos, unfinished), needs))
     }
 
     /// The attempt itself for `record` and the `riders` it takes along (one message for

@@ -416,6 +416,16 @@ mod tests {
             waited.to_string(),
             "waited 1h 2m 3s for its provider's rate limit (delivery.max_pending)"
         );
+        let too_far = Reason::TurnTooFar {
+            waited: Duration::from_secs(600),
+            turn_in: Duration::from_secs(3300),
+        };
+        assert_eq!(
+            too_far.to_string(),
+            "waited 10m for its provider's rate limit, and its turn is 55m further away, past \
+             delivery.max_pending"
+        );
+        assert_eq!(too_far.label(), "waited");
     }
 
     #[test]
