@@ -88,7 +88,8 @@ pub(super) struct Sending<'d> {
 }
 
 impl Deliverer {
-    /// Takes one delivery through its stages, from `stage` to [`Stage::Done`].
+    /// Takes one delivery through its stages, from [`Stage::Due`] (with `riders` when its turn
+    /// has come) to [`Stage::Done`].
     pub(super) async fn drive(
         self: Arc<Self>,
         delivery: Delivery,
