@@ -23,7 +23,7 @@ use crate::kafka::producer::OutRecord;
 use crate::ledger::{Handled, Read};
 use crate::model::{incident_key, Channel, ChannelKind, DeliveryRecord};
 use crate::pacing::Need;
-use crate::retry::{after_skip, next_step, spread, Step};
+use crate::retry::{after_skip, next_step, spread, Answer, RateLimit, Step};
 
 impl Deliverer {
     /// The request at a delivery's turn ([`super::flow`]), then the writes of where it and
@@ -110,37 +110,36 @@ impl Deliverer {
                 self.metrics.circuit_opened(kind);
             }
         }
-        if let Ok(Attempted {
-            outcome:
-                Outcome::RateLimited {
+        // A rate-limit answer is no attempt: the delivery and its riders wait for new turns.
+        let answered = match &sent {
+            Err(skipped) => Err(skipped),
+            Ok(attempted) => match Answer::of(&attempted.outcome) {
+                Ok(answer) => Ok((attempted, answer)),
+                Err(RateLimit {
                     wait,
                     provider_wide,
                     error,
-                    ..
-                },
-            reached,
-            ..
-        }) = &sent
-        {
-            self.metrics.rate_limited(kind);
-            self.hold(&needs, *wait, *provider_wide);
-            tracing::warn!(account = %records[0].account_id, channel = %records[0].channel_id, channel_type = kind,
-                delivery = %records[0].delivery_id, covering = records.len(), ?wait, provider_wide, %error,
-                "rate limited by the provider: its bucket waits (no retry used up)");
-            drop(slot);
-            let mut records = records.into_iter();
-            let mut leader = records.next().expect("the leader");
-            // Recipients an email reached before the server said 421 keep their copy.
-            leader.reached.extend(reached.iter().cloned());
-            for (mut record, (consumer, pos, _room)) in records.zip(places) {
-                record.reached.extend(reached.iter().cloned());
-                self.requeue(record, consumer, pos, shutdown);
-            }
-            return Some((leader, needs, unfinished));
-        }
-        if records.len() > 1
-            && matches!(&sent, Ok(a) if matches!(a.outcome, Outcome::Delivered { .. }))
-        {
+                }) => {
+                    self.metrics.rate_limited(kind);
+                    self.hold(&needs, wait, provider_wide);
+                    tracing::warn!(account = %records[0].account_id, channel = %records[0].channel_id, channel_type = kind,
+                        delivery = %records[0].delivery_id, covering = records.len(), ?wait, provider_wide, %error,
+                        "rate limited by the provider: its bucket waits (no retry used up)");
+                    drop(slot);
+                    let reached = &attempted.reached;
+                    let mut records = records.into_iter();
+                    let mut leader = records.next().expect("the leader");
+                    // Recipients an email reached before the server said 421 keep their copy.
+                    leader.reached.extend(reached.iter().cloned());
+                    for (mut record, (consumer, pos, _room)) in records.zip(places) {
+                        record.reached.extend(reached.iter().cloned());
+                        self.requeue(record, consumer, pos, shutdown);
+                    }
+                    return Some((leader, needs, unfinished));
+                }
+            },
+        };
+        if records.len() > 1 && matches!(answered, Ok((_, Answer::Delivered))) {
             self.metrics.digest(kind, records.len());
         }
         // The requests are over: the writes below wait on the broker, not on the provider.
@@ -152,7 +151,7 @@ impl Deliverer {
             true => spread(&[&leader.delivery_id, &leader.next_attempt().to_string()]),
             false => 0.0,
         };
-        let attempt = (&sent, &channel, at, elapsed, spread);
+        let attempt = (&answered, &channel, at, elapsed, spread);
         // The riders' writes go together, not one broker round trip after another; each
         // delivery's own writes keep their order (outcome, then `P.handled`, then offset).
         let riders = records
@@ -195,21 +194,24 @@ impl Deliverer {
                 let max_pending = self.max_pending.to_std().unwrap_or(Duration::MAX);
                 after_skip(skipped, attempts, waited, max_pending, &self.delays, now)
             }
-            Ok(Attempted {
-                outcome, reached, ..
-            }) => {
+            Ok((
+                Attempted {
+                    outcome, reached, ..
+                },
+                answer,
+            )) => {
                 record.end_wait(at);
                 let number = record.next_attempt();
                 let attempt = plan::attempt_of(outcome, number, at, elapsed, reached.clone());
                 record.attempts.push(attempt);
                 let pagerduty = matches!(channel.kind, ChannelKind::PagerDuty { .. });
                 if pagerduty
-                    && matches!(outcome, Outcome::Delivered { .. })
+                    && matches!(answer, Answer::Delivered)
                     && self.ledger.overtaken(&record)
                 {
                     self.resolve_again(channel, &record).await;
                 }
-                next_step(outcome, number, &self.delays, spread, Utc::now())
+                next_step(*answer, number, &self.delays, spread, Utc::now())
             }
         };
         let Outputs { records, fate } =
@@ -271,10 +273,14 @@ impl Deliverer {
     }
 }
 
+/// A request's result as settling takes it: the attempt and its answer, or why it was not
+/// let through.
+type Answered<'a> = Result<(&'a Attempted, Answer<'a>), &'a crate::delivery::Skipped>;
+
 /// One attempt as every delivery it covered sees it: what was sent, on which channel, when,
 /// how long it took, and where in its tier's jitter a retry of it falls.
 type Attempt<'a> = (
-    &'a Result<Attempted, crate::delivery::Skipped>,
+    &'a Answered<'a>,
     &'a Channel,
     chrono::DateTime<Utc>,
     std::time::Duration,
@@ -284,17 +290,10 @@ type Attempt<'a> = (
 impl Deliverer {
     /// One line per handled attempt or skip, at the level an operator needs; dead letters
     /// through [`Deliverer::dead_lettered`], so a flood of them stays readable.
-    fn log(
-        &self,
-        record: &DeliveryRecord,
-        kind: &str,
-        sent: &Result<Attempted, crate::delivery::Skipped>,
-        step: &Step,
-        ms: u64,
-    ) {
+    fn log(&self, record: &DeliveryRecord, kind: &str, sent: &Answered<'_>, step: &Step, ms: u64) {
         let (account, channel, id) = (&record.account_id, &record.channel_id, &record.delivery_id);
         let attempt = record.attempts.len();
-        let status = sent.as_ref().ok().and_then(|a| a.outcome.status());
+        let status = sent.as_ref().ok().and_then(|(a, _)| a.outcome.status());
         match (step, sent) {
             (Step::Done, _) => {
                 tracing::info!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
@@ -304,7 +303,7 @@ impl Deliverer {
                 tracing::info!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
                 attempt, tier, %not_before, reason = %skipped, "not let through; waits in a retry tier (no retry used up)")
             }
-            (Step::Retry { tier, not_before }, Ok(attempted)) => {
+            (Step::Retry { tier, not_before }, Ok((attempted, _))) => {
                 let error = attempted.outcome.error().unwrap_or_default();
                 tracing::warn!(account = %account, channel = %channel, channel_type = kind, delivery = %id,
                 attempt, status, ms, tier, %not_before, %error, "attempt failed; retry scheduled")

@@ -149,7 +149,8 @@ mod tests {
         let number = record.next_attempt();
         let attempt = attempt_of(outcome, number, now, Duration::ZERO, Vec::new());
         record.attempts.push(attempt);
-        next_step(outcome, number, &DELAYS, 0.0, now)
+        let answer = crate::retry::Answer::of(outcome).expect("not a rate-limit answer");
+        next_step(answer, number, &DELAYS, 0.0, now)
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

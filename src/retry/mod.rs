@@ -124,6 +124,60 @@ impl fmt::Display for Held {
     }
 }
 
+/// An attempt's outcome as the tier plan takes it: every [`Outcome`] but a rate-limit answer,
+/// which is no attempt (the delivery waits for its bucket's next turn, `crate::deliverer`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Answer<'a> {
+    Delivered,
+    /// A failure that may pass: the next tier, no earlier than `retry_after` when given.
+    MayPass {
+        error: &'a str,
+        retry_after: Option<Duration>,
+    },
+    /// A failure that will not pass.
+    WillNotPass {
+        error: &'a str,
+    },
+}
+
+/// A rate-limit answer: how long its bucket (or, `provider_wide`, its provider) waits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit<'a> {
+    pub wait: Duration,
+    pub provider_wide: bool,
+    pub error: &'a str,
+}
+
+impl<'a> Answer<'a> {
+    /// The answer `outcome` is to the tier plan, or the rate limit it asks for.
+    pub fn of(outcome: &'a Outcome) -> Result<Self, RateLimit<'a>> {
+        match outcome {
+            Outcome::Delivered { .. } => Ok(Answer::Delivered),
+            Outcome::Retry {
+                error, retry_after, ..
+            } => Ok(Answer::MayPass {
+                error,
+                retry_after: *retry_after,
+            }),
+            Outcome::Unanswered { error, .. } => Ok(Answer::MayPass {
+                error,
+                retry_after: None,
+            }),
+            Outcome::Permanent { error, .. } => Ok(Answer::WillNotPass { error }),
+            Outcome::RateLimited {
+                wait,
+                provider_wide,
+                error,
+                ..
+            } => Err(RateLimit {
+                wait: *wait,
+                provider_wide: *provider_wide,
+                error,
+            }),
+        }
+    }
+}
+
 /// Retries of one tier written together come back spread over up to this share of its delay
 /// (at most the first tier's delay, which is waited in memory): never sooner than the delay.
 pub const JITTER: f64 = 0.1;
@@ -133,24 +187,19 @@ pub const JITTER: f64 = 0.1;
 /// provider's `Retry-After` when longer); past the last tier, or when it will not pass, the
 /// DLQ.
 pub fn next_step(
-    outcome: &Outcome,
+    answer: Answer<'_>,
     attempts: u32,
     delays: &[Duration],
     spread: f64,
     now: DateTime<Utc>,
 ) -> Step {
-    let (error, retry_after) = match outcome {
-        Outcome::Delivered { .. } => return Step::Done,
-        Outcome::Permanent { error, .. } => {
-            let error = error.clone();
+    let (error, retry_after) = match answer {
+        Answer::Delivered => return Step::Done,
+        Answer::WillNotPass { error } => {
+            let error = error.to_owned();
             return Step::DeadLetter(Reason::Permanent { error });
         }
-        Outcome::Retry {
-            error, retry_after, ..
-        } => (error, *retry_after),
-        Outcome::Unanswered { error, .. } => (error, None),
-        // Not a failed attempt: the delivery waits for its bucket like any other.
-        Outcome::RateLimited { wait, .. } => return park(*wait, delays, now),
+        Answer::MayPass { error, retry_after } => (error, retry_after),
     };
     let tier = attempts as usize;
     match tier.checked_sub(1).and_then(|i| delays.get(i)) {
@@ -167,7 +216,7 @@ pub fn next_step(
         }
         None => Step::DeadLetter(Reason::Failed {
             attempts,
-            last_error: error.clone(),
+            last_error: error.to_owned(),
         }),
     }
 }
@@ -239,6 +288,10 @@ mod tests {
     ];
     const HOUR: Duration = Duration::from_secs(3600);
 
+    fn answer(outcome: &Outcome) -> Answer<'_> {
+        Answer::of(outcome).expect("not a rate-limit answer")
+    }
+
     fn retry(tier: usize, now: DateTime<Utc>, secs: i64) -> Step {
         Step::Retry {
             tier,
@@ -250,24 +303,40 @@ mod tests {
     fn tiers_then_dead_letter() {
         let now = Utc::now();
         let fail = Outcome::retry("HTTP 500");
-        assert_eq!(next_step(&fail, 1, &DELAYS, 0.0, now), retry(1, now, 15));
-        assert_eq!(next_step(&fail, 2, &DELAYS, 0.0, now), retry(2, now, 60));
-        assert_eq!(next_step(&fail, 3, &DELAYS, 0.0, now), retry(3, now, 240));
-        let Step::DeadLetter(reason) = next_step(&fail, 4, &DELAYS, 0.0, now) else {
+        assert_eq!(
+            next_step(answer(&fail), 1, &DELAYS, 0.0, now),
+            retry(1, now, 15)
+        );
+        assert_eq!(
+            next_step(answer(&fail), 2, &DELAYS, 0.0, now),
+            retry(2, now, 60)
+        );
+        assert_eq!(
+            next_step(answer(&fail), 3, &DELAYS, 0.0, now),
+            retry(3, now, 240)
+        );
+        let Step::DeadLetter(reason) = next_step(answer(&fail), 4, &DELAYS, 0.0, now) else {
             panic!()
         };
         assert_eq!(reason.to_string(), "failed 4 attempts: HTTP 500");
         let delivered = Outcome::Delivered { status: Some(200) };
-        assert_eq!(next_step(&delivered, 3, &DELAYS, 0.0, now), Step::Done);
-        let Step::DeadLetter(reason) =
-            next_step(&Outcome::permanent("HTTP 400"), 1, &DELAYS, 0.0, now)
-        else {
+        assert_eq!(
+            next_step(answer(&delivered), 3, &DELAYS, 0.0, now),
+            Step::Done
+        );
+        let Step::DeadLetter(reason) = next_step(
+            answer(&Outcome::permanent("HTTP 400")),
+            1,
+            &DELAYS,
+            0.0,
+            now,
+        ) else {
             panic!()
         };
         assert_eq!(reason.to_string(), "permanent failure: HTTP 400");
         assert!(
             matches!(
-                next_step(&fail, 1, &[], 0.0, now),
+                next_step(answer(&fail), 1, &[], 0.0, now),
                 Step::DeadLetter(Reason::Failed { attempts: 1, .. })
             ),
             "no tiers: straight to the DLQ"
@@ -289,7 +358,7 @@ mod tests {
         ];
         for (attempts, spread, ms) in table {
             assert_eq!(
-                next_step(&fail, attempts, &DELAYS, spread, now),
+                next_step(answer(&fail), attempts, &DELAYS, spread, now),
                 Step::Retry {
                     tier: attempts as usize,
                     not_before: now + chrono::Duration::milliseconds(ms)
@@ -429,20 +498,39 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limit_answer_is_no_attempt_for_the_plan() {
+        let limited = Outcome::rate_limited(Some(429), "HTTP 429".into(), None);
+        assert_eq!(
+            Answer::of(&limited),
+            Err(RateLimit {
+                wait: crate::delivery::outcome::RATE_LIMIT_WAIT,
+                provider_wide: false,
+                error: "HTTP 429",
+            }),
+            "it waits for its bucket: the plan never sees it"
+        );
+        let refused = Outcome::permanent("HTTP 410");
+        assert_eq!(
+            Answer::of(&refused),
+            Ok(Answer::WillNotPass { error: "HTTP 410" })
+        );
+    }
+
+    #[test]
     fn retry_after_only_lengthens_the_wait() {
         let delays = [Duration::from_secs(15)];
         let now = Utc::now();
-        let answer = |secs| Outcome::Retry {
+        let answer_after = |secs| Outcome::Retry {
             status: Some(503),
             error: "HTTP 503".into(),
             retry_after: Some(Duration::from_secs(secs)),
         };
         assert_eq!(
-            next_step(&answer(90), 1, &delays, 0.0, now),
+            next_step(answer(&answer_after(90)), 1, &delays, 0.0, now),
             retry(1, now, 90)
         );
         assert_eq!(
-            next_step(&answer(1), 1, &delays, 0.0, now),
+            next_step(answer(&answer_after(1)), 1, &delays, 0.0, now),
             retry(1, now, 15)
         );
     }
