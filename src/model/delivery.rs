@@ -207,13 +207,6 @@ impl DeliveryRecord {
         delivery_key(&self.account_id, &self.channel_id)
     }
 
-    /// How long since this run of the delivery began (its creation, or its replay).
-    pub fn waited(&self, now: DateTime<Utc>) -> std::time::Duration {
-        (now - self.replayed_at.unwrap_or(self.created_at))
-            .to_std()
-            .unwrap_or_default()
-    }
-
     /// Starts (or goes on with) a wait the service holds it in: the time it has waited so,
     /// in all, this one included.
     pub fn hold_back(&mut self, now: DateTime<Utc>) -> std::time::Duration {
